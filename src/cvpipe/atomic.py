@@ -1,0 +1,65 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename over it.
+
+A reader (or a rerun after a crash) sees either the old file or the complete new one, never a
+half-written file. `os.replace` is atomic on POSIX when both paths are on the same filesystem,
+which holds because the temporary file lives in the target's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it to `path`, else delete it.
+
+    `suffix` keeps an extension on the temporary name for writers that infer the format from it
+    (matplotlib, numpy's `.npy`).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes 0600; give what a plain open() would
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write `data` to `path`, flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write UTF-8 `text` to `path`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write `obj` as indented JSON (keys in insertion order, trailing newline)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,211 @@
+"""`cvpipe <stage>`: the command line the workflow's rules call, one subcommand per stage.
+
+Every subcommand takes explicit paths and settings (no config file is read behind the rule's
+back). A `CvpipeError` is printed as one message naming what is wrong, without a traceback, and
+the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from cvpipe.errors import CvpipeError
+
+
+def _ratios(text: str) -> dict[str, float]:
+    """'train=0.7,val=0.15,test=0.15' -> dict."""
+    try:
+        return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected train=R,val=R,test=R, got {text!r}") from None
+
+
+def _named_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def run_synth(a: argparse.Namespace) -> None:
+    from cvpipe.synth import make_dataset
+
+    make_dataset(a.out, a.images_per_class, a.size, a.seed, a.format, a.threads)
+
+
+def run_index(a: argparse.Namespace) -> None:
+    from cvpipe.index import write_index
+
+    write_index(a.data_root, a.manifest, a.bad_images, a.split, a.seed, a.on_bad_image, a.threads)
+
+
+def run_preprocess(a: argparse.Namespace) -> None:
+    from cvpipe.preprocess import preprocess
+
+    preprocess(a.manifest, a.data_root, a.out_dir, a.size, a.resize, a.threads)
+
+
+def run_train(a: argparse.Namespace) -> None:
+    from cvpipe.train import TrainConfig, train
+
+    try:
+        values = json.loads(a.config)
+    except json.JSONDecodeError as exc:
+        raise CvpipeError(f"--config is not valid JSON: {exc}") from None
+    train(TrainConfig.from_dict(values), a.cache_dir, a.model, a.history, a.provenance, a.threads)
+
+
+def run_evaluate(a: argparse.Namespace) -> None:
+    from cvpipe.evaluate import evaluate
+
+    evaluate(
+        a.model, a.cache_dir, a.manifest, a.metrics, a.predictions, a.timing,
+        a.batch_size, a.device, a.threads,
+    )  # fmt: skip
+
+
+def run_plots(a: argparse.Namespace) -> None:
+    from cvpipe.plots import make_plots
+
+    out = {
+        "curves": a.curves,
+        "confusion": a.confusion,
+        "samples": a.samples,
+        "per_class": a.per_class,
+    }
+    make_plots(a.history, a.metrics, a.predictions, a.cache_dir, out, a.title, a.dpi, a.num_samples)
+
+
+def run_compare(a: argparse.Namespace) -> None:
+    from cvpipe.compare import compare
+
+    compare(dict(a.experiment), {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png}, a.dpi)
+
+
+def run_bench_loader(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_loader
+
+    bench_loader(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
+    p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
+    p.add_argument("--images-per-class", type=int, default=200)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", choices=["png", "jpg"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_synth)
+
+    p = sub.add_parser("index", help="decode-check the data, split it and write the manifest")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
+    p.add_argument("--split", type=_ratios, default=_ratios("train=0.7,val=0.15,test=0.15"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_index)
+
+    p = sub.add_parser("preprocess", help="decode and resize once into the uint8 cache")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_preprocess)
+
+    p = sub.add_parser("train", help="train one experiment (run under torchrun for DDP)")
+    p.add_argument("--config", required=True, help="the experiment's resolved settings, as JSON")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--model", required=True, help="model file to write (best epoch)")
+    p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
+    p.add_argument("--provenance", help="provenance.json to write")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="test-split metrics, predictions and inference speed")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--timing", required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("plots", help="figures of one experiment")
+    for name in (
+        "history",
+        "metrics",
+        "predictions",
+        "cache-dir",
+        "curves",
+        "confusion",
+        "samples",
+        "per-class",
+    ):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--title", default="")
+    p.add_argument("--dpi", type=int, default=120)
+    p.add_argument("--num-samples", type=int, default=24)
+    p.set_defaults(func=run_plots)
+
+    p = sub.add_parser("compare", help="table and chart over experiments")
+    p.add_argument(
+        "--experiment", type=_named_path, action="append", required=True, metavar="NAME=DIR"
+    )
+    for name in ("csv", "md", "html", "png"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--dpi", type=int, default=120)
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    b = bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s")
+    b.add_argument(
+        "--data-root", help="ImageFolder tree (default: draw the built-in set in a temp dir)"
+    )
+    b.add_argument("--images-per-class", type=int, default=250, help="size of the drawn set")
+    b.add_argument("--source-size", type=int, default=256, help="side of the drawn images")
+    b.add_argument("--image-size", type=int, default=64, help="training resolution")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
+    b.add_argument("--epochs", type=int, default=2, help="passes over the data per loader")
+    b.add_argument("--threads", type=int, help="torch threads (default: as many as cores)")
+    b.set_defaults(func=run_bench_loader)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except CvpipeError as exc:
+        print(f"cvpipe {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

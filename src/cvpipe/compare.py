@@ -1,0 +1,129 @@
+"""Compare stage: one table and one chart over all experiments.
+
+Writes `comparison.csv` and `comparison.md` (one row per experiment), `comparison.html` (the same
+table plus each experiment's provenance, for the Snakemake report) and `comparison.png` (test
+accuracy and macro-F1 per experiment).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+from cvpipe import atomic
+from cvpipe.plots import plt, read_csv, save_figure
+
+COLUMNS = (
+    "experiment", "model", "image_size", "epochs", "test_accuracy", "test_macro_f1",
+    "test_macro_roc_auc", "best_epoch", "train_seconds", "inference_images_per_s",
+)  # fmt: skip
+
+
+def experiment_row(name: str, result_dir: Path) -> dict:
+    """One table row from an experiment's results folder."""
+    metrics = json.loads((result_dir / "eval" / "metrics.json").read_text())
+    timing = json.loads((result_dir / "eval" / "timing.json").read_text())
+    prov = json.loads((result_dir / "provenance.json").read_text())
+    history = read_csv(result_dir / "train" / "history.csv")
+    auc = metrics["macro_roc_auc"]
+    return {
+        "experiment": name,
+        "model": metrics["model"],
+        "image_size": prov["config"]["image_size"],
+        "epochs": prov["config"]["epochs"],
+        "test_accuracy": round(metrics["accuracy"], 4),
+        "test_macro_f1": round(metrics["macro_f1"], 4),
+        "test_macro_roc_auc": None if auc is None else round(auc, 4),
+        "best_epoch": metrics["epoch"],
+        "train_seconds": round(sum(float(r["epoch_seconds"]) for r in history), 1),
+        "inference_images_per_s": timing["inference_images_per_s"],
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], body: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in body
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def html_page(rows: list[dict], provenance: dict[str, dict]) -> str:
+    names = list(provenance)
+    fields = {
+        "git commit": lambda p: p["git"]["commit"],
+        "git dirty": lambda p: p["git"]["dirty"],
+        "manifest sha256": lambda p: p["data"]["manifest_sha256"],
+        "device": lambda p: f"{p['device']['type']}: {p['device']['name']}",
+        "host": lambda p: p["host"],
+        **{
+            v: (lambda p, v=v: p["versions"][v])
+            for v in ("python", "torch", "torchvision", "cuda", "cudnn", "opencv", "snakemake")
+        },
+        "global batch": lambda p: p["training"]["global_batch"],
+        "processes": lambda p: p["training"]["world_size"],
+        "amp": lambda p: p["training"]["amp_dtype"],
+        "config": lambda p: json.dumps(p["config"], sort_keys=True),
+    }
+    prov_rows = [[field, *(get(provenance[n]) for n in names)] for field, get in fields.items()]
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;"
+        "max-width:40em;overflow-wrap:anywhere}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
+        f"<h2>Experiments</h2>{_html_table(list(COLUMNS), [[r[c] for c in COLUMNS] for r in rows])}"
+        f"<h2>Provenance</h2>{_html_table(['', *names], prov_rows)}</body></html>\n"
+    )
+
+
+def plot_comparison(rows: list[dict]) -> plt.Figure:
+    names = [r["experiment"] for r in rows]
+    fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(rows), 3.6))
+    width = 0.38
+    for k, (key, label) in enumerate(
+        (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"))
+    ):
+        bars = ax.bar(
+            [i + (k - 0.5) * width for i in range(len(rows))],
+            [r[key] for r in rows],
+            width,
+            label=label,
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+    ax.set(ylim=(0, 1.1), ylabel="test score", title="Experiments compared")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def compare(
+    result_dirs: dict[str, str | Path], out: dict[str, str | Path], dpi: int = 120
+) -> list[dict]:
+    """Build the comparison of `{experiment: results dir}`; `out` maps csv/md/html/png to paths."""
+    rows = [experiment_row(name, Path(d)) for name, d in result_dirs.items()]
+    provenance = {
+        name: json.loads((Path(d) / "provenance.json").read_text())
+        for name, d in result_dirs.items()
+    }
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(out["csv"], buf.getvalue())
+    atomic.write_text(out["md"], markdown_table(rows))
+    atomic.write_text(out["html"], html_page(rows, provenance))
+    save_figure(plot_comparison(rows), out["png"], dpi)
+    return rows

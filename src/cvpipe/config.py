@@ -1,0 +1,74 @@
+"""Workflow config helpers used by the Snakefile: readable validation errors, experiment merging.
+
+`config_errors` turns JSON-schema violations into one line each that names the key, e.g.
+``train.epoch: unknown key (did you mean 'epochs'?)``. The workflow raises them before
+`snakemake.utils.validate` runs, so a typo never reaches a job.
+
+Imported at parse time by the Snakefile: no torch here.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    where = _where(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        lines = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+            )
+            prefix = f"{where}." if error.absolute_path else ""
+            lines.append(f"{prefix}{key}: unknown key{hint}")
+        return lines
+    if error.validator == "not":  # propertyNames: reserved experiment names
+        return [f"{where}: the name {error.instance!r} is reserved for the workflow's own outputs"]
+    return [f"{where}: {error.message}"]
+
+
+def config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
+    """Every schema violation in `config`, one readable line each (empty if valid)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    lines: list[str] = []
+    for error in sorted(
+        validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))
+    ):
+        # allOf/$ref wrap the real cause; report the innermost errors.
+        causes = error.context or [error]
+        for cause in causes:
+            for line in _describe(cause):
+                if line not in lines:
+                    lines.append(line)
+    return lines
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `override` applied; nested dicts merge key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def experiment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The resolved training settings of experiment `name`: `train` plus its overrides."""
+    return deep_merge(config["train"], config["experiments"][name] or {})

@@ -1,0 +1,95 @@
+"""Decode an image file's bytes with OpenCV into 8-bit, 3-channel RGB, or say why it is bad.
+
+Conversion rule (applied by the index check and by preprocessing alike):
+
+- 16-bit images are scaled linearly from 0..65535 to 0..255 (no per-image stretching, so
+  intensities stay comparable between images); float images are clipped to 0..1, then scaled.
+- Grayscale is copied to all three channels.
+- Alpha is dropped (gray+alpha keeps the gray, RGBA keeps RGB), as PIL's `convert("RGB")` does
+  for torchvision's `ImageFolder`.
+- Palette images are expanded to their colours by the decoder.
+- EXIF orientation is not applied (neither does `ImageFolder`'s PIL loader).
+
+A file is bad when it is empty, not a recognised image, cut short (JPEG without its end-of-image
+marker, PNG without its IEND chunk: OpenCV would otherwise return the decoded part silently), or
+fails to decode.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Corrupt files make libpng/libjpeg print warnings through OpenCV's logger; bad files are
+# reported by the index stage instead, one clear list for all of them.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+_MAGIC = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"BM": "bmp",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+}
+
+
+class BadImage(Exception):
+    """The file cannot be used as an image; `str(exc)` says why."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from the file's first bytes, or None if unrecognised."""
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise BadImage("truncated JPEG (no end-of-image marker)")
+    if fmt == "png" and b"IEND" not in data[-16:]:
+        raise BadImage("truncated PNG (no IEND chunk)")
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Convert a decoded OpenCV image (BGR order, any depth/channels) to HxWx3 uint8 RGB."""
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise BadImage(f"unsupported pixel type {image.dtype}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels in (1, 2):
+        gray = image if image.ndim == 2 else image[:, :, 0]
+        return cv2.cvtColor(np.ascontiguousarray(gray), cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise BadImage(f"unsupported number of channels: {channels}")
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Decode file bytes as stored (OpenCV `IMREAD_UNCHANGED`), after the completeness check."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise BadImage("not an image (unrecognised file format)")
+    _check_complete(data, fmt)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise BadImage(f"{fmt} decoder error: {exc.err}") from None
+    if image is None or image.size == 0:
+        raise BadImage(f"corrupt {fmt.upper()} (the decoder could not read it)")
+    return image
+
+
+def decode_rgb8(data: bytes) -> np.ndarray:
+    """Decode file bytes to HxWx3 uint8 RGB by the rule in this module's docstring."""
+    return to_rgb8(decode(data))

@@ -1,0 +1,77 @@
+"""Process-group set-up for DDP, detected from torchrun's environment, and rank-aware helpers.
+
+One code path for every case: a plain `python`/`cvpipe train` run is a world of size 1 with no
+process group; under `torchrun`, RANK / WORLD_SIZE / LOCAL_RANK select the device and the backend
+(`nccl` on CUDA, `gloo` on CPU). Cross-rank reductions are no-ops in a world of one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that writes files, logs and progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> this rank's CUDA device if there is one, else CPU; `cpu`/`cuda` force it."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def init(device_preference: str = "auto", timeout_s: int = 600) -> DistEnv:
+    """Read torchrun's variables, pick the device and, for world size > 1, join the group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_preference, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistEnv(rank, world_size, local_rank, device)
+
+
+def shutdown() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum `tensor` over ranks in place (no-op for a world of one) and return it."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (no-op for a world of one)."""
+    if env.distributed:
+        dist.barrier()

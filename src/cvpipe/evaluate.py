@@ -1,0 +1,122 @@
+"""Evaluate stage: run the trained model on the test split and write its metrics.
+
+Outputs:
+
+- `metrics.json`: accuracy, per-class precision/recall/F1/ROC-AUC, macro averages, the confusion
+  matrix and which model epoch was evaluated. Deterministic: no timings in it, so two runs with
+  the same seed compare byte for byte;
+- `predictions.csv`: path (relative to the data root), true class, predicted class and every
+  class probability, in test-split order;
+- `timing.json`: inference images/s (wall clock, hence its own file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvpipe import atomic, checkpoint
+from cvpipe.augment import eval_transform
+from cvpipe.data import CacheSplit, build_loader
+from cvpipe.distributed import pick_device
+from cvpipe.errors import CvpipeError
+from cvpipe.index import read_manifest, split_rows
+from cvpipe.metrics import classification_report
+from cvpipe.models import build_model
+from cvpipe.train import amp_dtype
+
+
+def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network stored by the train stage; returns (model in eval mode, model file)."""
+    try:
+        saved = checkpoint.load(model_path, map_location="cpu")
+    except FileNotFoundError:
+        raise CvpipeError(f"{model_path} is missing: run the train stage first.") from None
+    model = build_model(saved["model_name"], len(saved["classes"]))
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), saved
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, saved: dict, split: CacheSplit, device: torch.device, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities and labels for every image of `split`, and the images/s achieved."""
+    mean = torch.tensor(saved["mean"], device=device)
+    std = torch.tensor(saved["std"], device=device)
+    channels_last = saved["config"].get("channels_last", False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(saved["config"].get("amp", "off"), device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    loader = build_loader(split, batch_size, train=False, pin_memory=device.type == "cuda")
+    probs, labels = [], []
+    started = time.perf_counter()
+    for images, y in loader:
+        x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
+        with autocast:
+            logits = model(x)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), len(split) / max(seconds, 1e-9)
+
+
+def evaluate(
+    model_path: str | Path,
+    cache_dir: str | Path,
+    manifest_path: str | Path,
+    metrics_path: str | Path,
+    predictions_path: str | Path,
+    timing_path: str | Path,
+    batch_size: int = 256,
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
+    """Evaluate the model on the test split and write the three outputs; returns the metrics."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    model, saved = load_model(model_path, dev)
+    test = CacheSplit(cache_dir, "test")
+    rows = split_rows(read_manifest(manifest_path), "test")
+    if len(rows) != len(test):
+        raise CvpipeError(f"{manifest_path} lists {len(rows)} test images, the cache {len(test)}")
+    if [r["label"] for r in rows] != test.labels.tolist():
+        raise CvpipeError(
+            f"the test cache in {cache_dir} does not match {manifest_path}; rerun preprocess"
+        )
+    probs, labels, images_per_s = predict(model, saved, test, dev, batch_size)
+    classes = saved["classes"]
+    report = classification_report(labels, probs, classes)
+    metrics = {"model": saved["model_name"], "epoch": saved["epoch"], **report}
+    atomic.write_json(metrics_path, metrics)
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
+    for row, p in zip(rows, probs, strict=True):
+        writer.writerow(
+            [row["path"], row["class"], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+        )
+    atomic.write_text(predictions_path, buf.getvalue())
+
+    atomic.write_json(
+        timing_path,
+        {
+            "inference_images_per_s": round(images_per_s, 1),
+            "num_images": len(test),
+            "batch_size": batch_size,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+        },
+    )
+    return metrics

@@ -1,0 +1,241 @@
+"""Index stage: scan the data set, decode-check every image, split it, write the manifest.
+
+The manifest (`manifest.csv`) is the data set's identity for every later stage: one row per usable
+image with its path (relative to the data root), class, label, split, sha256, size and the
+channel count and bit depth it was stored with. Later stages read images only through it.
+
+Splits are stratified by class and deterministic: inside a class, files are ordered by
+sha256(seed, relative path) and the first share goes to test, the next to val, the rest to train.
+Adding one image moves at most a few others between splits, instead of reshuffling the class.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvpipe import atomic, datatree
+from cvpipe.decode import BadImage, decode, to_rgb8
+from cvpipe.errors import CvpipeError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_FIELDS = (
+    "path", "class", "label", "split", "sha256", "width", "height", "channels", "bit_depth",
+)  # fmt: skip
+BAD_FIELDS = ("path", "reason")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One scanned file: its metadata, or the reason it cannot be used."""
+
+    class_name: str
+    rel: str
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    channels: int = 0
+    bit_depth: int = 0
+    problem: str = ""
+
+
+def check_file(root: Path, class_name: str, path: Path) -> Checked:
+    """Read, hash and decode one file; never raises for a bad image."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Checked(class_name, rel, problem=f"unreadable: {exc.strerror or exc}")
+    try:
+        image = decode(data)
+        to_rgb8(image)  # the conversion preprocessing will apply must succeed too
+    except BadImage as exc:
+        return Checked(class_name, rel, problem=str(exc))
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return Checked(
+        class_name,
+        rel,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=image.shape[1],
+        height=image.shape[0],
+        channels=channels,
+        bit_depth=image.dtype.itemsize * 8,
+    )
+
+
+def split_counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
+    """How many of `n` images go to val and test (rounded), the rest to train."""
+    counts = {s: round(ratios[s] * n) for s in ("val", "test")}
+    counts["train"] = n - counts["val"] - counts["test"]
+    return counts
+
+
+def min_class_size(ratios: dict[str, float]) -> int:
+    """The smallest class size that gives every split at least one image."""
+    n = 1
+    while min(split_counts(n, ratios).values()) < 1:
+        n += 1
+    return n
+
+
+def assign_splits(rels: list[str], ratios: dict[str, float], seed: int) -> dict[str, str]:
+    """Map each relative path of one class to a split (see the module docstring)."""
+    order = sorted(rels, key=lambda r: hashlib.sha256(f"{seed}:{r}".encode()).hexdigest())
+    counts = split_counts(len(rels), ratios)
+    names = ["test"] * counts["test"] + ["val"] * counts["val"] + ["train"] * counts["train"]
+    return dict(zip(order, names, strict=True))
+
+
+def _check_ratios(ratios: dict[str, float]) -> None:
+    if set(ratios) != set(SPLITS) or any(r <= 0 for r in ratios.values()):
+        raise CvpipeError(f"data.split needs positive train, val and test ratios, got {ratios}")
+    if not math.isclose(sum(ratios.values()), 1.0, abs_tol=1e-6):
+        raise CvpipeError(f"data.split ratios must add up to 1, got {sum(ratios.values()):.4g}")
+
+
+def _format_bad(bad: list[Checked], root: Path) -> str:
+    lines = [f"  {root / b.rel}: {b.problem}" for b in bad]
+    return "\n".join(lines)
+
+
+def build_index(
+    root: str | Path,
+    ratios: dict[str, float],
+    seed: int,
+    on_bad_image: str = "fail",
+    threads: int = 1,
+) -> tuple[list[dict], list[Checked]]:
+    """Scan `root` and return (manifest rows, bad files). Raises CvpipeError on unusable data."""
+    root = Path(root)
+    _check_ratios(ratios)
+    if on_bad_image not in ("fail", "skip"):
+        raise CvpipeError(f"data.on_bad_image must be 'fail' or 'skip', not {on_bad_image!r}")
+    if not root.is_dir():
+        raise CvpipeError(
+            f"data.root {str(root)!r} is not a folder. Point data.root in the config at a folder "
+            "with one subfolder of images per class."
+        )
+    classes = [d.name for d in datatree.class_dirs(root)]
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class folders"
+        raise CvpipeError(
+            f"data.root {str(root)!r} has {found}; a classifier needs at least two classes, "
+            "one subfolder each."
+        )
+    samples = list(datatree.iter_samples(root))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        checked = list(pool.map(lambda s: check_file(root, *s), samples))
+    bad = [c for c in checked if c.problem]
+    if bad and on_bad_image == "fail":
+        raise CvpipeError(
+            f"{len(bad)} of {len(checked)} files in {root} are not usable images:\n"
+            f"{_format_bad(bad, root)}\n"
+            "Fix or remove them, or set data.on_bad_image: skip to leave them out "
+            "(they are then listed in bad_images.csv)."
+        )
+    good = [c for c in checked if not c.problem]
+    per_class = Counter(c.class_name for c in good)
+    empty = [name for name in classes if per_class[name] == 0]
+    if empty:
+        raise CvpipeError(
+            f"class folder(s) with no usable images: {', '.join(str(root / e) for e in empty)}. "
+            "Add images or remove the folder."
+        )
+    need = min_class_size(ratios)
+    small = [f"{name!r} ({per_class[name]})" for name in classes if per_class[name] < need]
+    if small:
+        raise CvpipeError(
+            f"class(es) too small for the split {ratios}: {', '.join(small)}. Each class needs "
+            f"at least {need} images so that train, val and test each get one; add images or "
+            "change data.split."
+        )
+    rows = []
+    for label, name in enumerate(classes):
+        members = [c for c in good if c.class_name == name]
+        splits = assign_splits([c.rel for c in members], ratios, seed)
+        for c in members:
+            rows.append(
+                {
+                    "path": c.rel,
+                    "class": name,
+                    "label": label,
+                    "split": splits[c.rel],
+                    "sha256": c.sha256,
+                    "width": c.width,
+                    "height": c.height,
+                    "channels": c.channels,
+                    "bit_depth": c.bit_depth,
+                }
+            )
+    return rows, bad
+
+
+def _csv_text(fields: tuple[str, ...], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_index(
+    root: str | Path,
+    manifest_path: str | Path,
+    bad_path: str | Path,
+    ratios: dict[str, float],
+    seed: int,
+    on_bad_image: str = "fail",
+    threads: int = 1,
+) -> list[dict]:
+    """Run `build_index` and write the manifest and the bad-file report (empty if none)."""
+    rows, bad = build_index(root, ratios, seed, on_bad_image, threads)
+    if bad:
+        log.warning(
+            "skipped %d bad files (listed in %s):\n%s",
+            len(bad),
+            bad_path,
+            _format_bad(bad, Path(root)),
+        )
+    atomic.write_text(
+        bad_path, _csv_text(BAD_FIELDS, [{"path": b.rel, "reason": b.problem} for b in bad])
+    )
+    atomic.write_text(manifest_path, _csv_text(MANIFEST_FIELDS, rows))
+    counts = Counter((r["class"], r["split"]) for r in rows)
+    for name in sorted({r["class"] for r in rows}):
+        log.info("%-12s %s", name, "  ".join(f"{s}={counts[name, s]}" for s in SPLITS))
+    return rows
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Manifest rows with `label`, `width`, `height`, `channels`, `bit_depth` as ints."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("label", "width", "height", "channels", "bit_depth"):
+            row[key] = int(row[key])
+    return rows
+
+
+def class_names(rows: list[dict]) -> list[str]:
+    """Class names in label order."""
+    names = {r["label"]: r["class"] for r in rows}
+    return [names[i] for i in range(len(names))]
+
+
+def split_rows(rows: list[dict], split: str) -> list[dict]:
+    """Rows of one split, in manifest order: the order of that split's preprocessed cache."""
+    return [r for r in rows if r["split"] == split]
+
+
+def manifest_sha256(path: str | Path) -> str:
+    """The manifest file's sha256: the identity of the data a model was trained on."""
+    return datatree.sha256_file(path)

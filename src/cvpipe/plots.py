@@ -1,0 +1,157 @@
+"""Plots stage: the figures of one experiment (matplotlib, written atomically).
+
+- `curves.png`: loss, accuracy and learning rate per epoch (train and validation);
+- `confusion.png`: the test confusion matrix, counts and row-normalised recall;
+- `samples.png`: a grid of test images, wrong predictions first, each titled with the true and
+  predicted class and the predicted probability;
+- `per_class.png`: precision, recall and F1 per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cvpipe import atomic
+from cvpipe.data import CacheSplit
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int) -> None:
+    """Save atomically and close the figure."""
+    suffix = Path(path).suffix
+    with atomic.atomic_path(path, suffix=suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip("."))
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict[str, str]], title: str) -> plt.Figure:
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ax.plot(epochs, [float(r[f"{split}_{key}"]) for r in history], style, ms=3, label=split)
+        ax.set(xlabel="epoch", ylabel=label, title=label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[2].plot(epochs, [float(r["lr"]) for r in history], "-o", ms=3, color="tab:green")
+    axes[2].set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(metrics: dict, title: str) -> plt.Figure:
+    cm = np.array(metrics["confusion_matrix"])
+    classes = metrics["classes"]
+    recall = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 2.2 + 0.55 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if recall[i, j] > 0.5 else "black"
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{recall[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    return fig
+
+
+def pick_samples(predictions: list[dict[str, str]], count: int) -> list[int]:
+    """Row indices to show: wrong predictions first (most confident first), then right ones."""
+
+    def confidence(i: int) -> float:
+        return float(predictions[i][f"p_{predictions[i]['predicted']}"])
+
+    wrong = [i for i, r in enumerate(predictions) if r["true"] != r["predicted"]]
+    right = [i for i, r in enumerate(predictions) if r["true"] == r["predicted"]]
+    wrong.sort(key=confidence, reverse=True)
+    # Up to half wrong ones; whichever kind runs short, the other fills the grid.
+    n_right = min(len(right), count - min(len(wrong), count // 2))
+    n_wrong = min(len(wrong), count - n_right)
+    # Spread the right ones over the split (manifest order is by class) so every class shows.
+    step = max(1, len(right) // max(1, n_right))
+    return wrong[:n_wrong] + right[::step][:n_right]
+
+
+def plot_samples(
+    predictions: list[dict[str, str]], images: np.ndarray, count: int, title: str
+) -> plt.Figure:
+    chosen = pick_samples(predictions, count)
+    cols = min(8, max(1, len(chosen)))
+    rows = max(1, -(-len(chosen) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen, strict=False):
+        r = predictions[i]
+        ok = r["true"] == r["predicted"]
+        ax.imshow(images[i])
+        ax.set_title(
+            f"true {r['true']}\npred {r['predicted']} {float(r['p_' + r['predicted']]):.2f}",
+            fontsize=7,
+            color="tab:green" if ok else "tab:red",
+        )
+    fig.suptitle(f"{title}: test samples (red = wrong)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(metrics: dict, title: str) -> plt.Figure:
+    classes = metrics["classes"]
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(classes), 3.6))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        values = [metrics["per_class"][c][key] for c in classes]
+        bars = ax.bar(x + (k - 1) * 0.27, values, 0.27, label=key)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(x, classes)
+    ax.set(ylim=(0, 1.1), ylabel="score", title=f"{title}: per-class test scores")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(
+    history_path: str | Path,
+    metrics_path: str | Path,
+    predictions_path: str | Path,
+    cache_dir: str | Path,
+    out: dict[str, str | Path],
+    title: str,
+    dpi: int = 120,
+    samples: int = 24,
+) -> None:
+    """Write the four figures; `out` maps curves/confusion/samples/per_class to paths."""
+    history = read_csv(history_path)
+    metrics = json.loads(Path(metrics_path).read_text())
+    predictions = read_csv(predictions_path)
+    save_figure(plot_curves(history, title), out["curves"], dpi)
+    save_figure(plot_confusion(metrics, title), out["confusion"], dpi)
+    images = CacheSplit(cache_dir, "test").images
+    save_figure(plot_samples(predictions, images, samples, title), out["samples"], dpi)
+    save_figure(plot_per_class(metrics, title), out["per_class"], dpi)

@@ -1,0 +1,458 @@
+"""Train stage: fit a torchvision classifier on the preprocessed cache.
+
+One code path for CPU, one GPU, AMP and DDP (under torchrun): mixed precision is a no-op
+`autocast`/`GradScaler` when off, DDP is detected from the environment (`cvpipe.distributed`),
+and every file write goes through `RunFiles`, which only writes on rank 0.
+
+`train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line.
+Optimisation: AdamW (no weight decay on biases and norm layers), linear warm-up then cosine decay
+per step, cross-entropy with label smoothing. `batch_size` and `lr` are for the global batch: a
+DDP job splits the batch over its processes, so it trains like a single process would.
+
+After every epoch the full state is checkpointed; `resume: auto` continues from the last
+checkpoint when it was made with the same config and data, and with a fixed seed a resumed CPU run
+ends with exactly the weights of an uninterrupted one (every random draw is seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cvpipe import checkpoint, distributed, provenance
+from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
+from cvpipe.data import CacheSplit, build_loader, read_stats
+from cvpipe.distributed import DistEnv
+from cvpipe.errors import CvpipeError
+from cvpipe.models import build_model
+from cvpipe.runfiles import RunFiles
+
+log = logging.getLogger(__name__)
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+MONITORS = ("val_acc", "val_macro_f1", "val_loss")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keys that do not change what is learned: a checkpoint made with other values still resumes.
+_NOT_IDENTITY = ("resume", "num_workers", "device")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One experiment's resolved training settings (documented in config/config.yaml)."""
+
+    model: str = "resnet18"
+    weights: str = "none"
+    image_size: int = 64
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    resume: str = "auto"
+    monitor: str = "val_acc"
+    normalize: str = "auto"
+    device: str = "auto"
+    augment: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a config mapping; an unknown key is an error that names it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CvpipeError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise CvpipeError(f"amp must be one of {AMP_MODES}, not {self.amp!r}")
+        if self.monitor not in MONITORS:
+            raise CvpipeError(f"monitor must be one of {sorted(MONITORS)}, not {self.monitor!r}")
+        if self.resume not in ("auto", "never"):
+            raise CvpipeError(f"resume must be 'auto' or 'never', not {self.resume!r}")
+        if self.normalize not in ("auto", "dataset", "imagenet"):
+            raise CvpipeError(
+                f"normalize must be auto, dataset or imagenet, not {self.normalize!r}"
+            )
+        AugmentPolicy(**self.augment)  # unknown augmentation keys fail here
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (what resume compares)."""
+        return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for `amp` on `device`; None means full fp32.
+
+    `auto` is bf16 on CUDA devices that support it, else fp16 (with a GradScaler), and off on the
+    CPU, where bf16 autocast works but runs far slower than fp32 (it is for tests only).
+    """
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier per step: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices and kernels, none on biases and norm parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed for everything random in one epoch on one rank (so resume replays it exactly)."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
+
+
+def summarize_confusion(cm: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted)."""
+    cm = cm.double()
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"acc": (tp.sum() / cm.sum().clamp(min=1)).item(), "macro_f1": f1.mean().item()}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    autocast,
+    transform,
+    criterion: nn.Module,
+    env: DistEnv,
+) -> dict[str, float]:
+    """One pass over the training batches; returns loss and accuracy over all ranks."""
+    model.train()
+    # Summed on the device, so the loop never waits for the GPU; read once at the end.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    correct = torch.zeros((), dtype=torch.float64, device=env.device)
+    count = 0
+    for images, labels in batches:
+        images = images.to(env.device, non_blocking=True)
+        labels = labels.to(env.device, non_blocking=True)
+        x = transform(images)
+        with autocast():
+            logits = model(x)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().double() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+    totals = torch.stack(
+        [loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=env.device)]
+    )
+    loss_total, correct_total, count_total = distributed.all_reduce_sum(totals, env).tolist()
+    return {"loss": loss_total / max(count_total, 1), "acc": correct_total / max(count_total, 1)}
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    loader,
+    transform,
+    autocast,
+    criterion: nn.Module,
+    num_classes: int,
+    env: DistEnv,
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 on a split, reduced over ranks (every rank gets the same)."""
+    model.eval()
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
+    for images, labels in loader:
+        images = images.to(env.device, non_blocking=True)
+        labels = labels.to(env.device, non_blocking=True)
+        with autocast():
+            logits = model(transform(images))
+        loss_sum += criterion(logits.float(), labels).double() * labels.numel()
+        cm += _confusion(labels, logits.argmax(1), num_classes)
+    distributed.all_reduce_sum(loss_sum, env)
+    distributed.all_reduce_sum(cm, env)
+    return {"loss": loss_sum.item() / max(cm.sum().item(), 1), **summarize_confusion(cm)}
+
+
+def _improves(row: dict, best: dict, monitor: str) -> bool:
+    """Is this epoch better than the best so far? Ties on the monitor go to lower val loss."""
+    sign = -1.0 if monitor == "val_loss" else 1.0
+    new, old = sign * row[monitor], sign * best[monitor]
+    if math.isnan(new):
+        return False
+    return new > old or math.isnan(old) or (new == old and row["val_loss"] < best["val_loss"])
+
+
+def _normalization(cfg: TrainConfig, stats: dict) -> tuple[list[float], list[float]]:
+    mode = cfg.normalize
+    if mode == "auto":
+        mode = "dataset" if cfg.weights == "none" else "imagenet"
+    if mode == "imagenet":
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return stats["mean"], stats["std"]
+
+
+def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig, env: DistEnv) -> dict | None:
+    path = files.last_checkpoint
+    if cfg.resume == "never" or not path.exists():
+        return None
+    state = checkpoint.load(path, map_location=env.device)
+    if state.get("identity") != identity:
+        log.warning(
+            "not resuming from %s: it was made with a different config or data set; "
+            "training starts from scratch and will overwrite it",
+            path,
+        )
+        return None
+    log.info("resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, cfg.epochs)
+    return state
+
+
+def train(
+    cfg: TrainConfig,
+    cache_dir: str | Path,
+    model_path: str | Path,
+    history_path: str | Path,
+    provenance_path: str | Path | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one experiment; returns the best epoch's validation metrics.
+
+    Reads `cache_dir` (the preprocess stage's output for `cfg.image_size`), writes `model_path`,
+    `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    env = distributed.init(cfg.device)
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _train(cfg, cache_dir, model_path, history_path, provenance_path, env)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv) -> dict:
+    stats = read_stats(cache_dir)
+    if stats["image_size"] != cfg.image_size:
+        raise CvpipeError(
+            f"{cache_dir} holds {stats['image_size']} px images but image_size is {cfg.image_size}"
+        )
+    if cfg.batch_size % env.world_size:
+        raise CvpipeError(
+            f"batch_size {cfg.batch_size} does not split evenly over {env.world_size} processes"
+        )
+    classes = stats["classes"]
+    per_rank_batch = cfg.batch_size // env.world_size
+    cuda = env.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    train_set, val_set = CacheSplit(cache_dir, "train"), CacheSplit(cache_dir, "val")
+    loader_args = {
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "num_workers": cfg.num_workers,
+        "pin_memory": cuda,
+    }
+    train_loader = build_loader(train_set, per_rank_batch, train=True, seed=cfg.seed, **loader_args)
+    val_loader = build_loader(val_set, per_rank_batch, train=False, **loader_args)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, len(classes), cfg.weights).to(env.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp_model = (
+        DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
+        if env.distributed
+        else model
+    )
+    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup_steps)
+    )
+    dtype = amp_dtype(cfg.amp, env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mean, std = _normalization(cfg, stats)
+    mean_t = torch.tensor(mean, device=env.device)
+    std_t = torch.tensor(std, device=env.device)
+    policy = AugmentPolicy(**cfg.augment)
+    aug_gen = torch.Generator(device=env.device)
+
+    def augment(images):
+        return train_transform(images, policy, mean_t, std_t, aug_gen, cfg.channels_last)
+
+    def plain(images):
+        return eval_transform(images, mean_t, std_t, cfg.channels_last)
+
+    files = RunFiles(model_path, history_path, env)
+    data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
+    identity = {"config": cfg.identity(), "data": data_identity}
+    start_epoch, history, best = 0, [], None
+    resumed = _try_resume(files, identity, cfg, env)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        checkpoint.set_rng_state(resumed["rng"])
+        start_epoch, history, best = resumed["epoch"] + 1, resumed["history"], resumed["best"]
+
+    effective = {
+        "world_size": env.world_size,
+        "global_batch": cfg.batch_size,
+        "per_process_batch": per_rank_batch,
+        "lr": cfg.lr,
+        "amp_dtype": str(dtype).replace("torch.", "") if dtype else "off",
+        "steps_per_epoch": steps_per_epoch,
+    }
+    log.info(
+        "%s on %s x %d: global batch %d (%d per process), lr %.3g, amp %s, %d steps/epoch",
+        cfg.model, env.device, env.world_size, cfg.batch_size, per_rank_batch, cfg.lr,
+        effective["amp_dtype"], steps_per_epoch,
+    )  # fmt: skip
+    files.open_tensorboard(purge_step=start_epoch + 1 if resumed else None)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+            aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+            train_loader.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            batches = files.progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
+            train_stats = train_one_epoch(
+                forward, batches, optimizer, scheduler, scaler, autocast, augment, criterion, env
+            )
+            seconds = time.perf_counter() - started
+            val = evaluate_split(forward, val_loader, plain, autocast, criterion, len(classes), env)
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_stats["loss"],
+                "train_acc": train_stats["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "val_macro_f1": val["macro_f1"],
+                "epoch_seconds": round(seconds, 3),
+                "train_images_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1),
+            }
+            history.append(row)
+            improved = best is None or _improves(row, best["metrics"], cfg.monitor)
+            if improved:
+                best = {"epoch": epoch + 1, "metrics": row}
+                files.save_checkpoint(
+                    files.best_checkpoint, {"model": model.state_dict(), "epoch": epoch}
+                )
+            files.save_checkpoint(
+                files.last_checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                    "rng": checkpoint.rng_state(),
+                    "identity": identity,
+                    "config": cfg.as_dict(),
+                },
+            )
+            files.write_history(history)
+            files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
+                " | %.1f img/s%s",
+                epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+                row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
+                "  *best" if improved else "",
+            )  # fmt: skip
+    finally:
+        files.close()
+
+    distributed.barrier(env)  # rank 0 has written best.pt before anyone reads it
+    best_weights = checkpoint.load(files.best_checkpoint, map_location="cpu")["model"]
+    files.write_history(history)
+    model_file = {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "model": best_weights,
+        "model_name": cfg.model,
+        "classes": classes,
+        "image_size": cfg.image_size,
+        "mean": mean,
+        "std": std,
+        "epoch": best["epoch"],
+        "val_metrics": best["metrics"],
+        "config": cfg.as_dict(),
+        "manifest_sha256": stats["manifest_sha256"],
+    }
+    files.save_checkpoint(files.model_path, model_file)
+    if provenance_path:
+        files.write_json(
+            provenance_path,
+            provenance.collect(
+                cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
+            ),
+        )
+    return best["metrics"]

@@ -1,0 +1,72 @@
+"""Helpers for running the real workflow with real snakemake in a temporary folder.
+
+The workflow tests run `snakemake` from this venv on the repository's Snakefile, in a temporary
+working directory, with config/config.yaml plus tests/configs/tiny.yaml (small images, few
+epochs), so only the sizes differ from a user's run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIGS = [REPO / "config" / "config.yaml", REPO / "tests" / "configs" / "tiny.yaml"]
+BIN = Path(sys.executable).parent
+EXPERIMENTS = ("resnet18", "resnet18_48px")
+
+
+def tool_env() -> dict[str, str]:
+    """Environment whose PATH finds this venv's `snakemake` and `cvpipe` first."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """`snakemake` on the repo's Snakefile in `workdir` with 2 cores; add `--configfile` last
+    (it takes several values, so targets after it would be read as config files)."""
+    return [str(BIN / "snakemake"), "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2", *args]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    configfiles: list[Path] | None = None,
+    check: bool = True,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake on the real Snakefile in `workdir`; output captured as text."""
+    configs = [str(c) for c in (configfiles or CONFIGS)]
+    cmd = [*snakemake_command(workdir, *args), "--configfile", *configs]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env(), timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def planned_jobs(
+    workdir: Path, *args: str, configfiles: list[Path] | None = None
+) -> dict[str, int]:
+    """Rule -> number of jobs a dry run would execute (empty if nothing to do)."""
+    out = snakemake(workdir, "--dry-run", "--quiet", "rules", *args, configfiles=configfiles).stdout
+    jobs: dict[str, int] = {}
+    lines = out.splitlines()
+    if "Job stats:" not in lines:
+        return jobs
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total" or not parts[1].isdigit():
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """Copy a finished workflow directory (outputs, data, .snakemake metadata; mtimes kept)."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst

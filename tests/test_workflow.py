@@ -1,0 +1,195 @@
+"""The real workflow end to end: real snakemake on the real Snakefile, tiny built-in data.
+
+These are the behaviours a user relies on: the results exist, a second `snakemake` has nothing
+to do, only what depends on a change reruns, runs are reproducible, a killed training resumes to
+the same result, and bad data or a bad config stops the run with a message naming the culprit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    BIN,
+    CONFIGS,
+    EXPERIMENTS,
+    REPO,
+    planned_jobs,
+    snakemake,
+    snakemake_command,
+    tool_env,
+)
+
+from cvpipe.synth import draw_image
+
+pytestmark = pytest.mark.slow
+PLOTS = ("curves", "confusion", "samples", "per_class")
+
+
+def test_pipeline_produces_every_result(tiny_run):
+    results = tiny_run / "results"
+    classes = ["dent", "ok", "scratch", "stain"]
+    with open(results / "dataset" / "manifest.csv") as f:
+        manifest = list(csv.DictReader(f))
+    assert len(manifest) == 4 * 16
+    assert sum(r["split"] == "test" for r in manifest) == 16
+    for exp in EXPERIMENTS:
+        metrics = json.loads((results / exp / "eval" / "metrics.json").read_text())
+        assert metrics["classes"] == classes and metrics["num_samples"] == 16
+        assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == set(classes)
+        assert np.array(metrics["confusion_matrix"]).sum() == 16
+        with open(results / exp / "eval" / "predictions.csv") as f:
+            predictions = list(csv.DictReader(f))
+        assert len(predictions) == 16
+        assert [p["path"] for p in predictions] == [
+            r["path"] for r in manifest if r["split"] == "test"
+        ]
+        for p in predictions:
+            assert sum(float(p[f"p_{c}"]) for c in classes) == pytest.approx(1, abs=1e-4)
+        assert (
+            json.loads((results / exp / "eval" / "timing.json").read_text())[
+                "inference_images_per_s"
+            ]
+            > 0
+        )
+        assert json.loads((results / exp / "provenance.json").read_text())["data"][
+            "manifest_sha256"
+        ]
+        for plot in PLOTS:
+            assert (results / exp / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    with open(results / "comparison" / "comparison.csv") as f:
+        assert [r["experiment"] for r in csv.DictReader(f)] == list(EXPERIMENTS)
+    # The two experiments use different image sizes, hence two caches.
+    assert {p.name for p in (results / "dataset" / "cache").iterdir()} == {"32px", "24px"}
+
+
+def test_report_holds_every_figure_and_the_comparison(tiny_run_copy):
+    snakemake(tiny_run_copy, "--report", "results/report.html")
+    html = (tiny_run_copy / "results" / "report.html").read_text()
+    for name in ("comparison.html", "comparison.png", *(f"{p}.png" for p in PLOTS)):
+        assert name in html
+    for exp in EXPERIMENTS:
+        assert exp in html
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    assert planned_jobs(tiny_run) == {}
+
+
+def without_all(jobs: dict[str, int]) -> dict[str, int]:
+    return {rule: n for rule, n in jobs.items() if rule != "all"}
+
+
+def test_plot_setting_reruns_only_figures(tiny_run_copy, tmp_path):
+    overlay = tmp_path / "dpi.yaml"
+    overlay.write_text("plots:\n  dpi: 60\n")
+    configs = [*CONFIGS, overlay]
+    assert without_all(planned_jobs(tiny_run_copy, configfiles=configs)) == {
+        "plots": 2,
+        "compare": 1,
+    }
+    model = tiny_run_copy / "results" / "resnet18" / "train" / "model.pt"
+    curves = tiny_run_copy / "results" / "resnet18" / "plots" / "curves.png"
+    model_mtime, old_curves = model.stat().st_mtime_ns, curves.read_bytes()
+    snakemake(tiny_run_copy, configfiles=configs)
+    assert model.stat().st_mtime_ns == model_mtime
+    assert curves.read_bytes() != old_curves
+
+
+def test_new_image_reruns_everything_from_indexing(tiny_run_copy):
+    image = draw_image(seed=123, class_index=1, index=0, size=40)
+    import cv2
+
+    cv2.imwrite(str(tiny_run_copy / "data" / "surface-defects" / "ok" / "new.png"), image)
+    assert without_all(planned_jobs(tiny_run_copy)) == {
+        "index": 1, "preprocess": 2, "train": 2, "evaluate": 2, "plots": 2, "compare": 1,
+    }  # fmt: skip
+
+
+def test_touching_images_reruns_nothing(tiny_run_copy):
+    later = time.time() + 60
+    for path in (tiny_run_copy / "data" / "surface-defects").rglob("*.png"):
+        os.utime(path, (later, later))
+    assert planned_jobs(tiny_run_copy) == {}
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_run, tmp_path):
+    snakemake(tmp_path, *(f"results/{e}/eval/metrics.json" for e in EXPERIMENTS))
+    for exp in EXPERIMENTS:
+        path = Path("results") / exp / "eval" / "metrics.json"
+        assert (tmp_path / path).read_bytes() == (tiny_run / path).read_bytes()
+
+
+def _training_pid(workdir: Path) -> int | None:
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if (
+                b"train" in cmd
+                and any(c.endswith(b"cvpipe") for c in cmd)
+                and (proc / "cwd").resolve() == workdir
+            ):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_killed_training_resumes_to_the_same_result(tiny_run, tmp_path):
+    target = "results/resnet18/eval/metrics.json"
+    cmd = [*snakemake_command(tmp_path, target), "--configfile", *map(str, CONFIGS)]
+    run = subprocess.Popen(
+        cmd, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = tmp_path / "results" / "resnet18" / "train" / "checkpoints" / "last.pt"
+    deadline = time.time() + 600
+    while not last.exists():
+        assert run.poll() is None and time.time() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.02)
+    pid = _training_pid(tmp_path.resolve())
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert run.wait(timeout=120) != 0
+    assert torch.load(last, weights_only=True)["epoch"] < 2  # killed before the last (third) epoch
+    assert not (tmp_path / "results" / "resnet18" / "train" / "model.pt").exists()
+
+    snakemake(tmp_path, target)
+    log = (tmp_path / "results" / "logs" / "train" / "resnet18.log").read_text()
+    assert "resuming from" in log
+    assert (tmp_path / target).read_bytes() == (tiny_run / target).read_bytes()
+
+
+def test_truncated_image_stops_the_run_naming_the_file(tmp_path):
+    from cvpipe.synth import make_dataset
+
+    data = make_dataset(tmp_path / "images", images_per_class=8, size=32, seed=1)
+    victim = data / "dent" / "dent_0003.png"
+    victim.write_bytes(victim.read_bytes()[:200])
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text(f"data:\n  root: {data}\n")
+    proc = snakemake(tmp_path, configfiles=[*CONFIGS, overlay], check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert f"{victim}: truncated PNG (no IEND chunk)" in output
+    assert "Traceback" not in output
+
+
+def test_lint_and_format_are_clean():
+    lint = subprocess.run(
+        [str(BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True, env=tool_env()
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Lints for" not in lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

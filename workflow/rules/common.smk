@@ -1,0 +1,74 @@
+# Config validation and the small input functions the rules share. Logic lives in cvpipe.
+import json
+import os
+import re
+
+from snakemake.utils import validate
+
+from cvpipe.config import config_errors, experiment_config
+from cvpipe.datatree import tree_fingerprint
+
+_problems = config_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
+if _problems:
+    raise WorkflowError("Invalid config:\n  " + "\n  ".join(_problems))
+validate(config, "../schemas/config.schema.yaml")
+
+# The built-in data set is drawn by the synth rule only while data.root points here.
+BUILTIN_DATA = "data/surface-defects"
+USE_BUILTIN = os.path.normpath(config["data"]["root"]) == BUILTIN_DATA
+if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
+    raise WorkflowError(
+        f"data.root {config['data']['root']!r} is not a folder (relative paths start at "
+        f"{os.getcwd()}). Point it at a folder with one subfolder of images per class."
+    )
+
+EXPERIMENTS = list(config["experiments"])
+SPLITS = ["train", "val", "test"]
+CACHE = "results/dataset/cache/{size}px"
+PLOTS = ["curves", "confusion", "samples", "per_class"]
+
+ENV = "../../envs/cvpipe.yaml"
+
+
+wildcard_constraints:
+    experiment="|".join(re.escape(e) for e in EXPERIMENTS),
+    size=r"\d+",
+
+
+def data_root(wildcards=None):
+    """The raw data folder; for the built-in set, only once the synth checkpoint has run."""
+    if USE_BUILTIN:
+        return checkpoints.synth.get().output[0]
+    return config["data"]["root"]
+
+
+def data_fingerprint(wildcards):
+    """Content hash of the raw data: the index reruns when it changes, not on new mtimes."""
+    return tree_fingerprint(data_root(), "results/.cache/data-fingerprint.json")
+
+
+def train_settings(experiment):
+    return experiment_config(config, experiment)
+
+
+def cache_dir(wildcards):
+    return CACHE.format(size=train_settings(wildcards.experiment)["image_size"])
+
+
+def cache_files(wildcards):
+    """The preprocessed cache an experiment reads (chosen by its image_size)."""
+    folder = cache_dir(wildcards)
+    return [f"{folder}/stats.json"] + [
+        f"{folder}/{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")
+    ]
+
+
+def train_config_json(wildcards):
+    return json.dumps(train_settings(wildcards.experiment), sort_keys=True)
+
+
+def final_outputs():
+    return [
+        "results/comparison/comparison.html",
+        *expand("results/{experiment}/plots/{plot}.png", experiment=EXPERIMENTS, plot=PLOTS),
+    ]

@@ -1,0 +1,49 @@
+# Stage 6: the figures of one experiment, marked for the Snakemake report.
+
+
+rule plots:
+    input:
+        history=rules.train.output.history,
+        metrics=rules.evaluate.output.metrics,
+        predictions=rules.evaluate.output.predictions,
+        cache=cache_files,
+    output:
+        curves=report(
+            "results/{experiment}/plots/curves.png",
+            caption="../report/curves.rst",
+            category="{experiment}",
+            labels={"figure": "training curves"},
+        ),
+        confusion=report(
+            "results/{experiment}/plots/confusion.png",
+            caption="../report/confusion.rst",
+            category="{experiment}",
+            labels={"figure": "confusion matrix"},
+        ),
+        samples=report(
+            "results/{experiment}/plots/samples.png",
+            caption="../report/samples.rst",
+            category="{experiment}",
+            labels={"figure": "sample predictions"},
+        ),
+        per_class=report(
+            "results/{experiment}/plots/per_class.png",
+            caption="../report/per_class.rst",
+            category="{experiment}",
+            labels={"figure": "per-class scores"},
+        ),
+    log:
+        "results/logs/plots/{experiment}.log",
+    params:
+        cache_dir=cache_dir,
+        dpi=config["plots"]["dpi"],
+        samples=config["plots"]["samples"],
+    conda:
+        ENV
+    shell:
+        "cvpipe plots --history {input.history} --metrics {input.metrics}"
+        " --predictions {input.predictions} --cache-dir {params.cache_dir}"
+        " --curves {output.curves} --confusion {output.confusion}"
+        " --samples {output.samples} --per-class {output.per_class}"
+        " --title {wildcards.experiment} --dpi {params.dpi}"
+        " --num-samples {params.samples} > {log} 2>&1"
