@@ -49,3 +49,18 @@ def test_same_generator_seed_same_batch_and_channels_last():
     assert a.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_flips_folded_into_the_warp_are_exact_flips():
+    # A warp that does nothing else (translate ~ 0) must reproduce plain flips exactly.
+    policy = AugmentPolicy(hflip=True, vflip=True, translate=1e-9)
+    x = batch()
+    out = train_transform(x, policy, MEAN, STD, torch.Generator().manual_seed(2))
+    ref = eval_transform(x, MEAN, STD)
+    kinds = set()
+    for i in range(len(x)):
+        candidates = {"none": ref[i], "h": ref[i].flip(2), "v": ref[i].flip(1), "hv": ref[i].flip(1).flip(2)}
+        match = [k for k, c in candidates.items() if torch.allclose(out[i], c, atol=1e-4)]
+        assert len(match) == 1
+        kinds.add(match[0])
+    assert kinds == {"none", "h", "v", "hv"}

@@ -54,16 +54,23 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> tor
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
-def _affine(x: torch.Tensor, p: AugmentPolicy, g: torch.Generator) -> torch.Tensor:
+def _affine(x: torch.Tensor, p: AugmentPolicy, g: torch.Generator, flip_x, flip_y) -> torch.Tensor:
+    """One bilinear warp per image: rotation, zoom, shift and the flips, folded into one matrix."""
     n, device = x.shape[0], x.device
     angle = _uniform(n, -p.rotate, p.rotate, g, device) * (math.pi / 180)
     scale = _uniform(n, 1 - p.scale, 1 + p.scale, g, device)
     shift = _uniform(2 * n, -2 * p.translate, 2 * p.translate, g, device).view(n, 2)
     # theta maps output to input coordinates in [-1, 1]: zooming in by `scale` means sampling
-    # a smaller input area, hence the division.
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # a smaller input area, hence the division. Flipping the output negates a column.
+    sx = torch.where(flip_x, -1.0, 1.0) / scale
+    sy = torch.where(flip_y, -1.0, 1.0) / scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        [
+            torch.stack([cos * sx, -sin * sy, shift[:, 0]], 1),
+            torch.stack([sin * sx, cos * sy, shift[:, 1]], 1),
+        ],
+        1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -80,12 +87,14 @@ def train_transform(
     """Augment and normalise a uint8 batch already on the training device."""
     x = to_float(batch, channels_last)
     n, device = x.shape[0], x.device
-    for flip, dim in ((policy.hflip, 3), (policy.vflip, 2)):
-        if flip:
-            mask = torch.rand(n, generator=generator, device=device) < 0.5
-            x = torch.where(mask.view(n, 1, 1, 1), x.flip(dim), x)
+    no = torch.zeros(n, dtype=torch.bool, device=device)
+    flip_x = torch.rand(n, generator=generator, device=device) < 0.5 if policy.hflip else no
+    flip_y = torch.rand(n, generator=generator, device=device) < 0.5 if policy.vflip else no
     if policy.rotate or policy.scale or policy.translate:
-        x = _affine(x, policy, generator)
+        x = _affine(x, policy, generator, flip_x, flip_y)
+    else:  # flips alone need no resampling
+        x = torch.where(flip_x.view(n, 1, 1, 1), x.flip(3), x)
+        x = torch.where(flip_y.view(n, 1, 1, 1), x.flip(2), x)
     if policy.brightness or policy.contrast:
         c = _uniform(n, 1 - policy.contrast, 1 + policy.contrast, generator, device).view(
             n, 1, 1, 1
