@@ -59,7 +59,12 @@ def test_flips_folded_into_the_warp_are_exact_flips():
     ref = eval_transform(x, MEAN, STD)
     kinds = set()
     for i in range(len(x)):
-        candidates = {"none": ref[i], "h": ref[i].flip(2), "v": ref[i].flip(1), "hv": ref[i].flip(1).flip(2)}
+        candidates = {
+            "none": ref[i],
+            "h": ref[i].flip(2),
+            "v": ref[i].flip(1),
+            "hv": ref[i].flip(1).flip(2),
+        }
         match = [k for k, c in candidates.items() if torch.allclose(out[i], c, atol=1e-4)]
         assert len(match) == 1
         kinds.add(match[0])

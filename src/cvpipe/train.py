@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from cvpipe import checkpoint, distributed, provenance
 from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
@@ -260,6 +262,153 @@ def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig, env: DistEnv)
     return state
 
 
+@dataclass
+class Parts:
+    """What one training run works with, built once by `build_parts`."""
+
+    model: nn.Module  # the plain model: saved, loaded, evaluated for the model file
+    forward: nn.Module  # what the steps call: the model, DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    criterion: nn.Module
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised
+    plain: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> normalised
+    aug_generator: torch.Generator
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    amp: str  # the autocast dtype's name, or "off"
+
+
+def build_loaders(
+    cfg: TrainConfig, cache_dir: str | Path, env: DistEnv
+) -> tuple[DataLoader, DataLoader]:
+    """Train and val loaders of uint8 batches; each process gets its share of the global batch."""
+    per_rank = cfg.batch_size // env.world_size
+    common = {
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "num_workers": cfg.num_workers,
+        "pin_memory": env.device.type == "cuda",
+    }
+    train_loader = build_loader(
+        CacheSplit(cache_dir, "train"), per_rank, train=True, seed=cfg.seed, **common
+    )
+    val_loader = build_loader(CacheSplit(cache_dir, "val"), per_rank, train=False, **common)
+    return train_loader, val_loader
+
+
+def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistEnv) -> Parts:
+    """Model, optimisation, precision and transforms for a run, on this process's device."""
+    device = env.device
+    train_loader, val_loader = build_loaders(cfg, cache_dir, env)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, len(stats["classes"]), cfg.weights).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    wrapped = model
+    if env.distributed:
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps = len(train_loader)
+    warmup = max(1, round(cfg.warmup_epochs * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps, warmup)
+    )
+    dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    mean, std = _normalization(cfg, stats)
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    policy = AugmentPolicy(**cfg.augment)
+    generator = torch.Generator(device=device)
+    return Parts(
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        autocast=autocast,
+        augment=lambda x: train_transform(x, policy, mean_t, std_t, generator, cfg.channels_last),
+        plain=lambda x: eval_transform(x, mean_t, std_t, cfg.channels_last),
+        aug_generator=generator,
+        num_classes=len(stats["classes"]),
+        mean=mean,
+        std=std,
+        amp=str(dtype).removeprefix("torch.") if dtype else "off",
+    )
+
+
+def training_state(
+    parts: Parts, epoch: int, history: list, best: dict, identity: dict, cfg: TrainConfig
+) -> dict:
+    """Everything `last.pt` holds to continue after `epoch` (0-based) as if never stopped."""
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "best": best,
+        "rng": checkpoint.rng_state(),
+        "identity": identity,
+        "config": cfg.as_dict(),
+    }
+
+
+def restore(parts: Parts, state: dict) -> None:
+    """Load a `training_state` back into the parts (and this process's RNGs)."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    checkpoint.set_rng_state(state["rng"])
+
+
+def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, env: DistEnv, files: RunFiles) -> dict:
+    """Train one epoch and validate; returns the history row (metrics equal on every rank)."""
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+    parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+    parts.train_loader.sampler.set_epoch(epoch)
+    started = time.perf_counter()
+    batches = files.progress(parts.train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
+    fit = train_one_epoch(
+        parts.forward, batches, parts.optimizer, parts.scheduler, parts.scaler,
+        parts.autocast, parts.augment, parts.criterion, env,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    val = evaluate_split(
+        parts.forward, parts.val_loader, parts.plain, parts.autocast, parts.criterion,
+        parts.num_classes, env,
+    )  # fmt: skip
+    return {
+        "epoch": epoch + 1,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "train_loss": fit["loss"],
+        "train_acc": fit["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "val_macro_f1": val["macro_f1"],
+        "epoch_seconds": round(seconds, 3),
+        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / seconds, 1),
+    }
+
+
 def train(
     cfg: TrainConfig,
     cache_dir: str | Path,
@@ -284,7 +433,7 @@ def train(
         distributed.shutdown()
 
 
-def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv) -> dict:
+def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict:
     stats = read_stats(cache_dir)
     if stats["image_size"] != cfg.image_size:
         raise CvpipeError(
@@ -294,130 +443,49 @@ def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistE
         raise CvpipeError(
             f"batch_size {cfg.batch_size} does not split evenly over {env.world_size} processes"
         )
-    classes = stats["classes"]
-    per_rank_batch = cfg.batch_size // env.world_size
-    cuda = env.device.type == "cuda"
-    if cuda:
+    return stats
+
+
+def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv) -> dict:
+    stats = _check_inputs(cfg, cache_dir, env)
+    if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    train_set, val_set = CacheSplit(cache_dir, "train"), CacheSplit(cache_dir, "val")
-    loader_args = {
-        "rank": env.rank,
-        "world_size": env.world_size,
-        "num_workers": cfg.num_workers,
-        "pin_memory": cuda,
-    }
-    train_loader = build_loader(train_set, per_rank_batch, train=True, seed=cfg.seed, **loader_args)
-    val_loader = build_loader(val_set, per_rank_batch, train=False, **loader_args)
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, len(classes), cfg.weights).to(env.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp_model = (
-        DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
-        if env.distributed
-        else model
-    )
-    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
-
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup_steps)
-    )
-    dtype = amp_dtype(cfg.amp, env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
-
-    def autocast():
-        return torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    mean, std = _normalization(cfg, stats)
-    mean_t = torch.tensor(mean, device=env.device)
-    std_t = torch.tensor(std, device=env.device)
-    policy = AugmentPolicy(**cfg.augment)
-    aug_gen = torch.Generator(device=env.device)
-
-    def augment(images):
-        return train_transform(images, policy, mean_t, std_t, aug_gen, cfg.channels_last)
-
-    def plain(images):
-        return eval_transform(images, mean_t, std_t, cfg.channels_last)
-
+    parts = build_parts(cfg, stats, cache_dir, env)
     files = RunFiles(model_path, history_path, env)
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
     identity = {"config": cfg.identity(), "data": data_identity}
     start_epoch, history, best = 0, [], None
     resumed = _try_resume(files, identity, cfg, env)
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        checkpoint.set_rng_state(resumed["rng"])
+        restore(parts, resumed)
         start_epoch, history, best = resumed["epoch"] + 1, resumed["history"], resumed["best"]
 
     effective = {
         "world_size": env.world_size,
         "global_batch": cfg.batch_size,
-        "per_process_batch": per_rank_batch,
+        "per_process_batch": cfg.batch_size // env.world_size,
         "lr": cfg.lr,
-        "amp_dtype": str(dtype).replace("torch.", "") if dtype else "off",
-        "steps_per_epoch": steps_per_epoch,
+        "amp_dtype": parts.amp,
+        "steps_per_epoch": len(parts.train_loader),
     }
     log.info(
         "%s on %s x %d: global batch %d (%d per process), lr %.3g, amp %s, %d steps/epoch",
-        cfg.model, env.device, env.world_size, cfg.batch_size, per_rank_batch, cfg.lr,
-        effective["amp_dtype"], steps_per_epoch,
+        cfg.model, env.device, env.world_size, cfg.batch_size, effective["per_process_batch"],
+        cfg.lr, parts.amp, effective["steps_per_epoch"],
     )  # fmt: skip
     files.open_tensorboard(purge_step=start_epoch + 1 if resumed else None)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-            aug_gen.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-            train_loader.sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            batches = files.progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
-            train_stats = train_one_epoch(
-                forward, batches, optimizer, scheduler, scaler, autocast, augment, criterion, env
-            )
-            seconds = time.perf_counter() - started
-            val = evaluate_split(forward, val_loader, plain, autocast, criterion, len(classes), env)
-            row = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": train_stats["loss"],
-                "train_acc": train_stats["acc"],
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
-                "val_macro_f1": val["macro_f1"],
-                "epoch_seconds": round(seconds, 3),
-                "train_images_per_s": round(steps_per_epoch * cfg.batch_size / seconds, 1),
-            }
+            row = run_epoch(parts, cfg, epoch, env, files)
             history.append(row)
             improved = best is None or _improves(row, best["metrics"], cfg.monitor)
             if improved:
                 best = {"epoch": epoch + 1, "metrics": row}
                 files.save_checkpoint(
-                    files.best_checkpoint, {"model": model.state_dict(), "epoch": epoch}
+                    files.best_checkpoint, {"model": parts.model.state_dict(), "epoch": epoch}
                 )
             files.save_checkpoint(
-                files.last_checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "best": best,
-                    "rng": checkpoint.rng_state(),
-                    "identity": identity,
-                    "config": cfg.as_dict(),
-                },
+                files.last_checkpoint, training_state(parts, epoch, history, best, identity, cfg)
             )
             files.write_history(history)
             files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
@@ -434,25 +502,25 @@ def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistE
     distributed.barrier(env)  # rank 0 has written best.pt before anyone reads it
     best_weights = checkpoint.load(files.best_checkpoint, map_location="cpu")["model"]
     files.write_history(history)
-    model_file = {
-        "format_version": checkpoint.FORMAT_VERSION,
-        "model": best_weights,
-        "model_name": cfg.model,
-        "classes": classes,
-        "image_size": cfg.image_size,
-        "mean": mean,
-        "std": std,
-        "epoch": best["epoch"],
-        "val_metrics": best["metrics"],
-        "config": cfg.as_dict(),
-        "manifest_sha256": stats["manifest_sha256"],
-    }
-    files.save_checkpoint(files.model_path, model_file)
+    files.save_checkpoint(
+        files.model_path,
+        {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "model": best_weights,
+            "model_name": cfg.model,
+            "classes": stats["classes"],
+            "image_size": cfg.image_size,
+            "mean": parts.mean,
+            "std": parts.std,
+            "epoch": best["epoch"],
+            "val_metrics": best["metrics"],
+            "config": cfg.as_dict(),
+            "manifest_sha256": stats["manifest_sha256"],
+        },
+    )
     if provenance_path:
-        files.write_json(
-            provenance_path,
-            provenance.collect(
-                cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
-            ),
+        record = provenance.collect(
+            cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
         )
+        files.write_json(provenance_path, record)
     return best["metrics"]
