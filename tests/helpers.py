@@ -7,8 +7,10 @@ epochs), so only the sizes differ from a user's run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +27,19 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    """`snakemake` on the repo's Snakefile in `workdir` with 2 cores; add `--configfile` last
+def snakemake_command(workdir: Path, *args: str, cores: int = 2) -> list[str]:
+    """`snakemake` on the repo's Snakefile in `workdir`; add `--configfile` last
     (it takes several values, so targets after it would be read as config files)."""
-    return [str(BIN / "snakemake"), "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2", *args]
+    return [
+        str(BIN / "snakemake"),
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(cores),
+        *args,
+    ]
 
 
 def snakemake(
@@ -37,10 +48,11 @@ def snakemake(
     configfiles: list[Path] | None = None,
     check: bool = True,
     timeout: int = 900,
+    cores: int = 2,
 ) -> subprocess.CompletedProcess:
     """Run the real snakemake on the real Snakefile in `workdir`; output captured as text."""
     configs = [str(c) for c in (configfiles or CONFIGS)]
-    cmd = [*snakemake_command(workdir, *args), "--configfile", *configs]
+    cmd = [*snakemake_command(workdir, *args, cores=cores), "--configfile", *configs]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env(), timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -70,3 +82,28 @@ def copy_run(src: Path, dst: Path) -> Path:
     """Copy a finished workflow directory (outputs, data, .snakemake metadata; mtimes kept)."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (torchrun's workers live in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and every descendant (like a scheduler killing a job's cgroup)."""
+    for pid in process_tree(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

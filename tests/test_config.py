@@ -35,12 +35,12 @@ def test_schema_matches_the_code():
 
 def test_experiment_overrides_merge_nested_keys():
     config = load_config()
-    config["experiments"]["x"] = {"lr": 0.1, "augment": {"rotate": 0}}
+    config["experiments"]["x"] = {"lr": 0.1, "augment": {"rotate": 30}}
     merged = experiment_config(config, "x")
     assert merged["lr"] == 0.1
-    assert merged["augment"]["rotate"] == 0
-    assert merged["augment"]["hflip"] is True
-    assert config["train"]["augment"]["rotate"] == 180  # the defaults are not modified
+    assert merged["augment"]["rotate"] == 30
+    assert merged["augment"]["hflip"] is True  # untouched keys keep the default
+    assert config["train"]["augment"]["rotate"] == 0  # the defaults are not modified
 
 
 def test_misspelt_key_stops_the_workflow_naming_it(tmp_path):

@@ -7,6 +7,7 @@ already channels-last, the permuted view needs no copy when training in `channel
 Train-time policy (each part per image, switched off by setting it to 0 / false):
 
 - horizontal and vertical flips (surfaces have no up or left);
+- `rot90`: a random multiple of 90 degrees, exact (no resampling; needs square images);
 - one affine warp with reflection padding: rotation in [-rotate, rotate] degrees, isotropic
   scale in [1 - scale, 1 + scale], shift up to `translate` of the image side;
 - brightness and contrast jitter: x -> (x - m) * c + m + b with c in [1 - contrast, 1 + contrast],
@@ -30,6 +31,7 @@ class AugmentPolicy:
 
     hflip: bool = True
     vflip: bool = True
+    rot90: bool = False
     rotate: float = 0.0
     scale: float = 0.0
     translate: float = 0.0
@@ -90,6 +92,12 @@ def train_transform(
     no = torch.zeros(n, dtype=torch.bool, device=device)
     flip_x = torch.rand(n, generator=generator, device=device) < 0.5 if policy.hflip else no
     flip_y = torch.rand(n, generator=generator, device=device) < 0.5 if policy.vflip else no
+    if policy.rot90:
+        turns = torch.randint(0, 4, (n,), generator=generator, device=device)
+        for k in (1, 2, 3):
+            chosen = (turns == k).nonzero().squeeze(1)
+            if chosen.numel():
+                x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
     if policy.rotate or policy.scale or policy.translate:
         x = _affine(x, policy, generator, flip_x, flip_y)
     else:  # flips alone need no resampling

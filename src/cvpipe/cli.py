@@ -86,6 +86,13 @@ def run_compare(a: argparse.Namespace) -> None:
     compare(dict(a.experiment), {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png}, a.dpi)
 
 
+def run_gpus(a: argparse.Namespace) -> None:
+    from cvpipe.gpus import run_with_gpus
+
+    command = a.command_args[1:] if a.command_args[:1] == ["--"] else a.command_args
+    run_with_gpus(a.count, command, a.lock_dir, a.total, a.timeout)
+
+
 def run_bench_loader(a: argparse.Namespace) -> None:
     from cvpipe.bench import bench_loader
 
@@ -171,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, default=120)
     p.set_defaults(func=run_compare)
+
+    p = sub.add_parser(
+        "gpus",
+        help="run a command on GPU ids of its own (sets CUDA_VISIBLE_DEVICES)",
+        description="Lock COUNT free GPU ids (file locks in LOCK_DIR, released when the command "
+        "exits however it ends), export CUDA_VISIBLE_DEVICES and run the command.",
+    )
+    p.add_argument("--count", type=int, required=True, help="GPUs the command needs")
+    p.add_argument(
+        "--lock-dir", help="machine-local lock folder (default: $CVPIPE_GPU_LOCK_DIR or /tmp/...)"
+    )
+    p.add_argument(
+        "--total", type=int, help="GPUs on this machine (default: $CVPIPE_GPU_COUNT, else driver)"
+    )
+    p.add_argument("--timeout", type=float, help="give up after this many seconds of waiting")
+    p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p.set_defaults(func=run_gpus)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

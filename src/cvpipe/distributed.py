@@ -7,8 +7,11 @@ process group; under `torchrun`, RANK / WORLD_SIZE / LOCAL_RANK select the devic
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -41,8 +44,24 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _die_with_launcher() -> None:
+    """Under torchrun, exit when the launcher dies, even by SIGKILL.
+
+    torchrun starts each worker in a session of its own, so killing the launcher (the OOM killer,
+    `kill -9` on the job) would leave the workers training on as orphans, writing the same files
+    as the rerun that follows. PR_SET_PDEATHSIG has the kernel kill them with their parent.
+    """
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call above
+        os._exit(1)
+
+
 def init(device_preference: str = "auto", timeout_s: int = 600) -> DistEnv:
     """Read torchrun's variables, pick the device and, for world size > 1, join the group."""
+    _die_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

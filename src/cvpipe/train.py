@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +46,9 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 MONITORS = ("val_acc", "val_macro_f1", "val_loss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Keys that do not change what is learned: a checkpoint made with other values still resumes.
-_NOT_IDENTITY = ("resume", "num_workers", "device")
+# Keys that say how a run is launched, not what it learns: a checkpoint made with other values
+# still resumes (so a job can move between 1 and N processes).
+_NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False
+    gpus: int = 0
+    ddp_processes: int = 1
+    sync_bn: bool = False
+    deterministic: bool = False
     seed: int = 0
     num_workers: int = 0
     resume: str = "auto"
@@ -94,6 +100,10 @@ class TrainConfig:
         if self.normalize not in ("auto", "dataset", "imagenet"):
             raise CvpipeError(
                 f"normalize must be auto, dataset or imagenet, not {self.normalize!r}"
+            )
+        if self.gpus > 0 and self.ddp_processes > 1:
+            raise CvpipeError(
+                "set either gpus (one process per GPU) or ddp_processes (CPU processes), not both"
             )
         AugmentPolicy(**self.augment)  # unknown augmentation keys fail here
 
@@ -307,7 +317,13 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
     device = env.device
     train_loader, val_loader = build_loaders(cfg, cache_dir, env)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, len(stats["classes"]), cfg.weights).to(device)
+    model = build_model(cfg.model, len(stats["classes"]), cfg.weights)
+    if cfg.sync_bn and env.distributed:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # PyTorch's SyncBatchNorm supports GPU inputs only
+            log.warning("sync_bn is ignored on %s: SyncBatchNorm needs CUDA", device)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped = model
@@ -422,13 +438,20 @@ def train(
     Reads `cache_dir` (the preprocess stage's output for `cfg.image_size`), writes `model_path`,
     `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
+    started = time.time()
     if threads:
-        torch.set_num_threads(threads)
+        # `threads` is the job's share of the machine; torchrun's processes split it.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, threads // local_processes))
+    if cfg.deterministic:
+        # cuBLAS needs this for deterministic matmuls (PyTorch "Reproducibility" notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     env = distributed.init(cfg.device)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return _train(cfg, cache_dir, model_path, history_path, provenance_path, env)
+        return _train(cfg, cache_dir, model_path, history_path, provenance_path, env, started)
     finally:
         distributed.shutdown()
 
@@ -446,10 +469,16 @@ def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict
     return stats
 
 
-def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv) -> dict:
+def _train(
+    cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv, started
+) -> dict:
     stats = _check_inputs(cfg, cache_dir, env)
     if env.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        # Autotuned convolutions are faster but may pick different kernels run to run.
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+    elif cfg.gpus > 0:
+        log.warning("gpus: %d, but no CUDA device is visible: training on %s", cfg.gpus, env.device)
     parts = build_parts(cfg, stats, cache_dir, env)
     files = RunFiles(model_path, history_path, env)
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
@@ -467,9 +496,12 @@ def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistE
         "lr": cfg.lr,
         "amp_dtype": parts.amp,
         "steps_per_epoch": len(parts.train_loader),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "started_unix": started,
     }
     log.info(
-        "%s on %s x %d: global batch %d (%d per process), lr %.3g, amp %s, %d steps/epoch",
+        "%s on %s x %d: global batch %d (%d per process), effective lr %.3g, amp %s,"
+        " %d steps/epoch",
         cfg.model, env.device, env.world_size, cfg.batch_size, effective["per_process_batch"],
         cfg.lr, parts.amp, effective["steps_per_epoch"],
     )  # fmt: skip
@@ -519,6 +551,7 @@ def _train(cfg, cache_dir, model_path, history_path, provenance_path, env: DistE
         },
     )
     if provenance_path:
+        effective["finished_unix"] = time.time()
         record = provenance.collect(
             cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
         )

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from cvpipe.config import config_errors, experiment_config
 from cvpipe.datatree import tree_fingerprint
+from cvpipe.launch import train_launcher
 
 _problems = config_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
 if _problems:
@@ -65,6 +66,16 @@ def cache_files(wildcards):
 
 def train_config_json(wildcards):
     return json.dumps(train_settings(wildcards.experiment), sort_keys=True)
+
+
+def train_launch(wildcards):
+    """`cvpipe`, or torchrun and/or the GPU-id allocator in front of it (cvpipe.launch)."""
+    settings = train_settings(wildcards.experiment)
+    return train_launcher(settings["gpus"], settings["ddp_processes"])
+
+
+def train_gpus(wildcards):
+    return train_settings(wildcards.experiment)["gpus"]
 
 
 def final_outputs():

@@ -1,6 +1,9 @@
 # Stage 4: train one experiment. Checkpoints and TensorBoard events go to
 # results/<experiment>/train/{checkpoints,tensorboard}/ (not declared outputs, so a failed job
 # keeps them and the rerun resumes from the last epoch).
+# `gpu` is the experiment's `gpus`: `--resources gpu=N` caps GPUs in use, and `cvpipe gpus`
+# (in params.launch) gives each job distinct GPU ids. gpus > 1 or ddp_processes > 1 runs DDP
+# under torchrun.
 
 
 rule train:
@@ -15,12 +18,15 @@ rule train:
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
     params:
+        launch=train_launch,
         settings=train_config_json,
         cache_dir=cache_dir,
+    resources:
+        gpu=train_gpus,
     threads: 4
     conda:
         ENV
     shell:
-        "cvpipe train --config {params.settings:q} --cache-dir {params.cache_dir}"
+        "{params.launch} train --config {params.settings:q} --cache-dir {params.cache_dir}"
         " --model {output.model} --history {output.history}"
         " --provenance {output.provenance} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,31 @@
+"""How the train rule starts a training job: plain, under torchrun, and/or with locked GPU ids.
+
+- `gpus: 0`, `ddp_processes: 1`: `cvpipe train ...` (one process, CPU unless `device: cuda`);
+- `gpus: 0`, `ddp_processes: P > 1`: `torchrun --standalone --nproc_per_node=P -m cvpipe train`
+  (DDP on gloo, CPU: the same code path as multi-GPU, for machines without GPUs and for tests);
+- `gpus: 1`: `cvpipe gpus --count 1 -- cvpipe train ...` (one process on its own GPU);
+- `gpus: G > 1`: `cvpipe gpus --count G -- torchrun --standalone --nproc_per_node=G -m cvpipe
+  train ...` (one DDP process per GPU, nccl).
+
+`cvpipe gpus` (see `cvpipe.gpus`) gives the job G GPU ids of its own; the machine's GPU count
+and lock folder come from the environment there, so they never change a rule's params.
+Imported by the Snakefile: standard library only.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+
+def train_launcher(gpus: int, ddp_processes: int) -> str:
+    """The shell words that precede `train --config ...` in the train rule."""
+    processes = gpus if gpus > 0 else ddp_processes
+    words: list[str] = []
+    if gpus > 0:
+        words += ["cvpipe", "gpus", "--count", str(gpus), "--"]
+    if processes > 1:
+        # --standalone: a private rendezvous on a free local port, so concurrent jobs coexist.
+        words += ["torchrun", "--standalone", f"--nproc_per_node={processes}", "-m", "cvpipe"]
+    else:
+        words.append("cvpipe")
+    return shlex.join(words)

@@ -1,0 +1,62 @@
+"""Run one epoch of cvpipe's real training step under torchrun (or alone) and save the result.
+
+Used by test_ddp.py: with a model that has no BatchNorm or dropout and no augmentation, the only
+thing DDP changes is *where* the global batch is computed, so 1 and 2 processes must end with
+the same weights and report the same metrics on every rank.
+
+    [torchrun --nproc_per_node=2] python ddp_step.py CACHE_DIR OUT_DIR
+"""
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cvpipe import distributed
+from cvpipe.augment import eval_transform
+from cvpipe.data import read_stats
+from cvpipe.train import TrainConfig, build_loaders, evaluate_split, train_one_epoch
+
+
+def main(cache_dir: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    env = distributed.init("cpu")
+    cfg = TrainConfig(image_size=32, batch_size=8, seed=0)
+    train_loader, val_loader = build_loaders(cfg, cache_dir, env)
+    train_loader.sampler.set_epoch(0)
+    stats = read_stats(cache_dir)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, len(stats["classes"])),
+    )  # fmt: skip
+    forward = DistributedDataParallel(model) if env.distributed else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+
+    def plain(x):
+        return eval_transform(x, mean, std)
+
+    criterion = nn.CrossEntropyLoss()
+    no_autocast = contextlib.nullcontext
+    fit = train_one_epoch(
+        forward, train_loader, optimizer, scheduler, scaler, no_autocast, plain, criterion, env
+    )
+    num_classes = len(stats["classes"])
+    val = evaluate_split(forward, val_loader, plain, no_autocast, criterion, num_classes, env)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"metrics-rank{env.rank}.json").write_text(json.dumps({"train": fit, "val": val}))
+    if env.is_main:
+        torch.save(model.state_dict(), out / "model.pt")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
