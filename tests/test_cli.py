@@ -68,3 +68,22 @@ def test_loader_benchmark_prints_both_loaders():
     ]
     assert rows[-1].rstrip().endswith("1.0x |")
     assert all(float(r.split("|")[3]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_training_benchmark_measures_loader_and_resident_batches(tmp_path):
+    proc = cvpipe(
+        "bench", "train", "--models", "resnet18", "--images-per-class", "8", "--source-size", "40",
+        "--image-size", "32", "--batch-size", "8", "--amp", "bf16", "--workers", "0",
+        "--steps", "2", "--warmup", "1", "--device", "cpu", "--json", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["model"], r["amp"], r["compile"]) for r in rows] == [
+        ("resnet18", "bfloat16", False),
+        ("resnet18", "off", False),
+    ]
+    assert all(r["loader_images_per_s"] > 0 and r["resident_images_per_s"] > 0 for r in rows)
+    assert "| resnet18 | bfloat16 | False |" in proc.stdout

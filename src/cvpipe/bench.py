@@ -1,4 +1,6 @@
-"""`cvpipe bench loader`: train-time loader throughput, cvpipe's cache vs torchvision ImageFolder.
+"""Benchmarks: `cvpipe bench loader` (data loading) and `cvpipe bench train` (training steps).
+
+`cvpipe bench loader`: train-time loader throughput, cvpipe's cache vs torchvision ImageFolder.
 
 Both loaders deliver the same thing: shuffled training batches of `image_size` x `image_size`
 float tensors, flipped, turned by a random multiple of 90 degrees, brightness/contrast-jittered
@@ -9,16 +11,24 @@ RandomVerticalFlip, a random quarter turn, ColorJitter, ToTensor, Normalize) in 
 workers.
 cvpipe's loader slices the preprocessed uint8 cache and augments whole batches with tensor ops
 (`cvpipe.augment`), here on the CPU. The one-off cost of building the cache is reported too.
+
+`cvpipe bench train`: training images/s of cvpipe's real training step (the `train_one_epoch`
+of `cvpipe.train`, with its AMP, channels-last and compile settings) fed by (a) the pipeline's
+loader (cache -> pinned memory -> device, augmentation on the device) and (b) one batch already
+resident on the device, the upper limit; each for the requested AMP mode, fp32, and compiled.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,23 +42,45 @@ from cvpipe.index import read_manifest, split_rows, write_index
 from cvpipe.preprocess import preprocess
 from cvpipe.synth import make_dataset
 
-# The augmentation both loaders apply: the defaults of config/config.yaml.
-POLICY = AugmentPolicy(hflip=True, vflip=True, rot90=True, brightness=0.1, contrast=0.1)
+# The augmentation both loaders apply: `exact` is the default of config/config.yaml; `warp`
+# adds the bilinear rotation/zoom/shift (torchvision's RandomAffine in the baseline).
+POLICIES = {
+    "exact": AugmentPolicy(hflip=True, vflip=True, rot90=True, brightness=0.1, contrast=0.1),
+    "warp": AugmentPolicy(
+        hflip=True, vflip=True, rotate=180, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1
+    ),
+}
 
 
 def imagefolder_loader(
-    root: Path, keep: set[str], size: int, mean, std, batch_size: int, workers: int
+    root: Path,
+    keep: set[str],
+    size: int,
+    mean,
+    std,
+    batch_size: int,
+    workers: int,
+    policy: AugmentPolicy,
 ) -> DataLoader:
     """The baseline: ImageFolder over the same training files, PIL decode, torchvision aug."""
+    if policy.rot90:  # quarter turns: exact on square images, like cvpipe's rot90
+        turn = transforms.RandomChoice(
+            [transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]
+        )
+    else:
+        turn = transforms.RandomAffine(
+            policy.rotate,
+            translate=(policy.translate,) * 2,
+            scale=(1 - policy.scale, 1 + policy.scale),
+        )
     tf = transforms.Compose(
         [
             transforms.Resize(size),
             transforms.CenterCrop(size),
             transforms.RandomHorizontalFlip(),
             transforms.RandomVerticalFlip(),
-            # Quarter turns: exact on square images, like cvpipe's rot90.
-            transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
-            transforms.ColorJitter(brightness=POLICY.brightness, contrast=POLICY.contrast),
+            turn,
+            transforms.ColorJitter(brightness=policy.brightness, contrast=policy.contrast),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ]
@@ -60,6 +92,20 @@ def imagefolder_loader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
         persistent_workers=workers > 0,
     )  # fmt: skip
+
+
+def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, float]:
+    """Data root (drawn unless given), manifest and cache in `work`, and the cache build time."""
+    cpus = os.cpu_count() or 1
+    root = Path(args.data_root) if args.data_root else work / "data"
+    if not args.data_root:
+        make_dataset(root, args.images_per_class, args.source_size, seed=0, threads=cpus)
+    manifest = work / "manifest.csv"
+    ratios = {"train": 0.7, "val": 0.15, "test": 0.15}
+    write_index(root, manifest, work / "bad.csv", ratios, seed=0, on_bad_image="skip", threads=cpus)
+    started = time.perf_counter()
+    preprocess(manifest, root, work / "cache", args.image_size, "crop", cpus)
+    return root, manifest, work / "cache", time.perf_counter() - started
 
 
 def measure(batches, epochs: int, make_input) -> float:
@@ -81,38 +127,21 @@ def bench_loader(args: argparse.Namespace) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
-        work = Path(tmp)
-        root = Path(args.data_root) if args.data_root else work / "data"
-        if not args.data_root:
-            make_dataset(
-                root, args.images_per_class, args.source_size, seed=0, threads=os.cpu_count() or 1
-            )
-        manifest = work / "manifest.csv"
-        write_index(
-            root,
-            manifest,
-            work / "bad.csv",
-            {"train": 0.7, "val": 0.15, "test": 0.15},
-            0,
-            "skip",
-            os.cpu_count() or 1,
-        )
-        started = time.perf_counter()
-        preprocess(manifest, root, work / "cache", args.image_size, "crop", os.cpu_count() or 1)
-        preprocess_s = time.perf_counter() - started
-
-        stats = read_stats(work / "cache")
+        root, manifest, cache, preprocess_s = prepare_data(args, Path(tmp))
+        stats = read_stats(cache)
         mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
         train_rows = split_rows(read_manifest(manifest), "train")
         gen = torch.Generator().manual_seed(0)
 
+        policy = POLICIES[args.policy]
+
         def cvpipe_input(images):
-            return train_transform(images, POLICY, mean, std, gen)
+            return train_transform(images, policy, mean, std, gen)
 
         rows = []
         for workers in sorted({0, args.workers}):
             loader = build_loader(
-                CacheSplit(work / "cache", "train"),
+                CacheSplit(cache, "train"),
                 args.batch_size,
                 train=True,
                 num_workers=workers,
@@ -127,7 +156,7 @@ def bench_loader(args: argparse.Namespace) -> list[dict]:
             )
         baseline = imagefolder_loader(
             root, {r["path"] for r in train_rows}, args.image_size, stats["mean"], stats["std"],
-            args.batch_size, args.workers,
+            args.batch_size, args.workers, policy,
         )  # fmt: skip
         base_rate = measure(lambda: baseline, args.epochs, lambda images: images)
         rows.append(
@@ -150,4 +179,106 @@ def bench_loader(args: argparse.Namespace) -> list[dict]:
     for r in rows:
         rate, ratio = r["images_per_s"], r["images_per_s"] / base_rate
         print(f"| {r['loader']:<44} | {r['workers']:>7} | {rate:>8.0f} | {ratio:>13.1f}x |")
+    return rows
+
+
+def _steps(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from `loader`, epoch after epoch, as the training loop would see them."""
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _resident(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device):
+    """The same batch, already on the device, forever: the loader's upper limit."""
+    images, labels = (t.to(device) for t in batch)
+    while True:
+        yield images, labels
+
+
+def train_rate(parts, batches: Iterator, steps: int, warmup: int, env) -> float:
+    """Training images/s over `steps` steps of cvpipe's real step, after `warmup` steps."""
+    from cvpipe.train import train_one_epoch
+
+    def run(n: int) -> None:
+        # train_one_epoch reads its loss totals at the end, which waits for the device.
+        train_one_epoch(
+            parts.forward, itertools.islice(batches, n), parts.optimizer, parts.scheduler,
+            parts.scaler, parts.autocast, parts.augment, parts.criterion, env,
+        )  # fmt: skip
+
+    run(warmup)
+    started = time.perf_counter()
+    run(steps)
+    return steps * parts.train_loader.batch_size / (time.perf_counter() - started)
+
+
+def bench_train(args: argparse.Namespace) -> list[dict]:
+    """Training images/s: real loader vs on-device tensors, bf16 vs fp32, eager vs compiled."""
+    from cvpipe import distributed
+    from cvpipe.train import TrainConfig, build_parts
+
+    logging.getLogger("cvpipe").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = distributed.init(args.device)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
+        _, _, cache, _ = prepare_data(args, Path(tmp))
+        stats = read_stats(cache)
+        variants = [(args.amp, False)]
+        if args.amp != "off":
+            variants.append(("off", False))
+        if args.compile:
+            variants.append((args.amp, True))
+        for model in args.models.split(","):
+            for amp, compiled in variants:
+                cfg = TrainConfig(
+                    model=model, image_size=args.image_size, batch_size=args.batch_size, amp=amp,
+                    channels_last=args.channels_last, compile=compiled, num_workers=args.workers,
+                    device=args.device, epochs=1000,
+                )  # fmt: skip
+                parts = build_parts(cfg, stats, cache, env)
+                first = next(iter(parts.train_loader))
+                loader_rate = train_rate(
+                    parts, _steps(parts.train_loader), args.steps, args.warmup, env
+                )
+                parts = build_parts(cfg, stats, cache, env)  # fresh weights and optimizer
+                resident_rate = train_rate(
+                    parts, _resident(first, env.device), args.steps, args.warmup, env
+                )
+                rows.append(
+                    {
+                        "model": model, "amp": parts.amp, "compile": compiled,
+                        "loader_images_per_s": loader_rate, "resident_images_per_s": resident_rate,
+                    }
+                )  # fmt: skip
+    device_name = (
+        torch.cuda.get_device_name(env.device)
+        if env.device.type == "cuda"
+        else platform.processor()
+    )
+    print(
+        f"\nTraining throughput on {env.device} ({device_name or platform.machine()}): "
+        f"{args.image_size} px, batch {args.batch_size}, channels_last {args.channels_last}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps, torch {torch.__version__}\n"
+    )
+    print("| model | amp | compile | (a) pipeline loader img/s | (b) on-device img/s | (a)/(b) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["loader_images_per_s"] / r["resident_images_per_s"]
+        print(
+            f"| {r['model']} | {r['amp']} | {r['compile']} | {r['loader_images_per_s']:.0f} "
+            f"| {r['resident_images_per_s']:.0f} | {ratio:.2f} |"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"device": device_name, "args": vars(args) | {"func": None}, "rows": rows},
+                indent=2,
+                default=str,
+            )
+        )
     return rows

@@ -99,6 +99,12 @@ def run_bench_loader(a: argparse.Namespace) -> None:
     bench_loader(a)
 
 
+def run_bench_train(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_train
+
+    bench_train(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvpipe", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -207,9 +213,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=64, help="training resolution")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
-    b.add_argument("--epochs", type=int, default=2, help="passes over the data per loader")
+    b.add_argument("--epochs", type=int, default=3, help="passes over the data per loader")
+    b.add_argument(
+        "--policy", default="exact", choices=["exact", "warp"],
+        help="exact: flips, quarter turns, jitter (the default config); warp: + bilinear affine",
+    )  # fmt: skip
     b.add_argument("--threads", type=int, help="torch threads (default: as many as cores)")
     b.set_defaults(func=run_bench_loader)
+
+    b = bench.add_parser("train", help="training images/s: pipeline loader vs on-device tensors")
+    b.add_argument("--models", default="resnet50,resnet18", help="comma-separated model names")
+    b.add_argument("--data-root", help="ImageFolder tree (default: draw the built-in set)")
+    b.add_argument("--images-per-class", type=int, default=250)
+    b.add_argument("--source-size", type=int, default=256)
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"])
+    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    b.add_argument("--workers", type=int, default=4, help="DataLoader workers of the pipeline")
+    b.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
+    b.add_argument("--warmup", type=int, default=15, help="untimed steps first (and compile)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--threads", type=int)
+    b.add_argument("--json", help="also write the results here")
+    b.set_defaults(func=run_bench_train)
     return parser
 
 
