@@ -77,13 +77,17 @@ def run_plots(a: argparse.Namespace) -> None:
         "samples": a.samples,
         "per_class": a.per_class,
     }
-    make_plots(a.history, a.metrics, a.predictions, a.cache_dir, out, a.title, a.dpi, a.num_samples)
+    make_plots(
+        a.history, a.metrics, a.predictions, a.manifest, a.data_root, out, a.title,
+        a.image_size, a.resize, a.dpi, a.num_samples,
+    )  # fmt: skip
 
 
 def run_compare(a: argparse.Namespace) -> None:
     from cvpipe.compare import compare
 
-    compare(dict(a.experiment), {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png}, a.dpi)
+    out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics}
+    compare(dict(a.experiment), {**out, "history_dir": a.history_dir}, a.dpi)
 
 
 def run_gpus(a: argparse.Namespace) -> None:
@@ -164,13 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "history",
         "metrics",
         "predictions",
-        "cache-dir",
+        "manifest",
+        "data-root",
         "curves",
         "confusion",
         "samples",
         "per-class",
     ):
         p.add_argument(f"--{name}", required=True)
+    p.add_argument("--image-size", type=int, required=True, help="as the model saw the images")
+    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
     p.add_argument("--title", default="")
     p.add_argument("--dpi", type=int, default=120)
     p.add_argument("--num-samples", type=int, default=24)
@@ -180,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment", type=_named_path, action="append", required=True, metavar="NAME=DIR"
     )
-    for name in ("csv", "md", "html", "png"):
+    for name in ("csv", "md", "html", "png", "metrics", "history-dir"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, default=120)
     p.set_defaults(func=run_compare)

@@ -1,8 +1,9 @@
 """Compare stage: one table and one chart over all experiments.
 
 Writes `comparison.csv` and `comparison.md` (one row per experiment), `comparison.html` (the same
-table plus each experiment's provenance, for the Snakemake report) and `comparison.png` (test
-accuracy and macro-F1 per experiment).
+table plus each experiment's provenance, for the Snakemake report), `comparison.png` (test
+accuracy and macro-F1 per experiment), and for DVC (`dvc metrics diff`, `dvc plots diff`):
+`metrics.json` (test metrics by experiment) and `history/<experiment>.csv` (per-epoch curves).
 """
 
 from __future__ import annotations
@@ -109,10 +110,16 @@ def plot_comparison(rows: list[dict]) -> plt.Figure:
     return fig
 
 
+SUMMARY_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", "log_loss")
+
+
 def compare(
     result_dirs: dict[str, str | Path], out: dict[str, str | Path], dpi: int = 120
 ) -> list[dict]:
-    """Build the comparison of `{experiment: results dir}`; `out` maps csv/md/html/png to paths."""
+    """Build the comparison of `{experiment: results dir}`.
+
+    `out` maps csv/md/html/png/metrics to paths and history_dir to a folder.
+    """
     rows = [experiment_row(name, Path(d)) for name, d in result_dirs.items()]
     provenance = {
         name: json.loads((Path(d) / "provenance.json").read_text())
@@ -126,4 +133,11 @@ def compare(
     atomic.write_text(out["md"], markdown_table(rows))
     atomic.write_text(out["html"], html_page(rows, provenance))
     save_figure(plot_comparison(rows), out["png"], dpi)
+    summary = {}
+    for name, d in result_dirs.items():
+        metrics = json.loads((Path(d) / "eval" / "metrics.json").read_text())
+        summary[name] = {key: metrics[key] for key in SUMMARY_METRICS}
+        history = (Path(d) / "train" / "history.csv").read_text()
+        atomic.write_text(Path(out["history_dir"]) / f"{name}.csv", history)
+    atomic.write_json(out["metrics"], summary)
     return rows

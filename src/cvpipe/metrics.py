@@ -1,5 +1,7 @@
 """Classification metrics from labels and class probabilities (NumPy only).
 
+`log_loss` is the mean cross-entropy of the true class (probabilities clipped at 1e-15).
+
 Per-class precision/recall/F1 follow scikit-learn's definitions (0 where undefined);
 ROC-AUC is one-vs-rest, computed from ranks (the Mann-Whitney U statistic, ties averaged), and
 None for a class that is absent from, or the only class in, the labels.
@@ -63,8 +65,10 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: list[s
         }
         for i, name in enumerate(classes)
     }
+    true_prob = probs[np.arange(len(y_true)), y_true] if len(y_true) else np.ones(1)
     return {
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
+        "log_loss": float(-np.log(np.clip(true_prob, 1e-15, 1.0)).mean()),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),

@@ -3,7 +3,9 @@
 - `curves.png`: loss, accuracy and learning rate per epoch (train and validation);
 - `confusion.png`: the test confusion matrix, counts and row-normalised recall;
 - `samples.png`: a grid of test images, wrong predictions first, each titled with the true and
-  predicted class and the predicted probability;
+  predicted class and the predicted probability. The images are decoded from the originals
+  with the experiment's resize rule (a couple of dozen images), so figures never need the
+  preprocessed cache, which DVC does not version;
 - `per_class.png`: precision, recall and F1 per class.
 """
 
@@ -20,7 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cvpipe import atomic
-from cvpipe.data import CacheSplit
+from cvpipe.index import read_manifest
+from cvpipe.preprocess import load_resized
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
@@ -98,8 +101,9 @@ def pick_samples(predictions: list[dict[str, str]], count: int) -> list[int]:
 
 
 def plot_samples(
-    predictions: list[dict[str, str]], images: np.ndarray, count: int, title: str
+    predictions: list[dict[str, str]], load_image, count: int, title: str
 ) -> plt.Figure:
+    """`load_image(path)` gives the image as the model saw it (HxWx3 uint8)."""
     chosen = pick_samples(predictions, count)
     cols = min(8, max(1, len(chosen)))
     rows = max(1, -(-len(chosen) // cols))
@@ -109,7 +113,7 @@ def plot_samples(
     for ax, i in zip(axes.flat, chosen, strict=False):
         r = predictions[i]
         ok = r["true"] == r["predicted"]
-        ax.imshow(images[i])
+        ax.imshow(load_image(r["path"]))
         ax.set_title(
             f"true {r['true']}\npred {r['predicted']} {float(r['p_' + r['predicted']]):.2f}",
             fontsize=7,
@@ -140,9 +144,12 @@ def make_plots(
     history_path: str | Path,
     metrics_path: str | Path,
     predictions_path: str | Path,
-    cache_dir: str | Path,
+    manifest_path: str | Path,
+    data_root: str | Path,
     out: dict[str, str | Path],
     title: str,
+    image_size: int,
+    resize: str = "crop",
     dpi: int = 120,
     samples: int = 24,
 ) -> None:
@@ -152,6 +159,10 @@ def make_plots(
     predictions = read_csv(predictions_path)
     save_figure(plot_curves(history, title), out["curves"], dpi)
     save_figure(plot_confusion(metrics, title), out["confusion"], dpi)
-    images = CacheSplit(cache_dir, "test").images
-    save_figure(plot_samples(predictions, images, samples, title), out["samples"], dpi)
+    sha256 = {r["path"]: r["sha256"] for r in read_manifest(manifest_path)}
+
+    def load_image(path: str) -> np.ndarray:
+        return load_resized(Path(data_root) / path, sha256[path], image_size, resize)
+
+    save_figure(plot_samples(predictions, load_image, samples, title), out["samples"], dpi)
     save_figure(plot_per_class(metrics, title), out["per_class"], dpi)

@@ -1,4 +1,5 @@
-# Stage 7: one table and chart over all experiments, with their provenance, for the report.
+# Stage 7: one table and chart over all experiments, with their provenance, for the report;
+# plus metrics.json and history/ in the layout dvc.yaml declares for `dvc metrics/plots diff`.
 
 
 rule compare:
@@ -22,13 +23,17 @@ rule compare:
             category="Comparison",
             labels={"figure": "test scores"},
         ),
+        metrics="results/comparison/metrics.json",
+        history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
     log:
         "results/logs/compare.log",
     params:
         experiments=" ".join(f"--experiment {e}=results/{e}" for e in EXPERIMENTS),
+        history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
     conda:
         ENV
     shell:
         "cvpipe compare {params.experiments} --csv {output.csv} --md {output.md}"
-        " --html {output.html} --png {output.png} --dpi {params.dpi} > {log} 2>&1"
+        " --html {output.html} --png {output.png} --metrics {output.metrics}"
+        " --history-dir {params.history_dir} --dpi {params.dpi} > {log} 2>&1"

@@ -6,7 +6,8 @@ rule plots:
         history=rules.train.output.history,
         metrics=rules.evaluate.output.metrics,
         predictions=rules.evaluate.output.predictions,
-        cache=cache_files,
+        manifest=rules.index.output.manifest,
+        data=ancient(data_root),
     output:
         curves=report(
             "results/{experiment}/plots/curves.png",
@@ -35,14 +36,16 @@ rule plots:
     log:
         "results/logs/plots/{experiment}.log",
     params:
-        cache_dir=cache_dir,
+        image_size=lambda wildcards: train_settings(wildcards.experiment)["image_size"],
+        resize=config["preprocess"]["resize"],
         dpi=config["plots"]["dpi"],
         samples=config["plots"]["samples"],
     conda:
         ENV
     shell:
         "cvpipe plots --history {input.history} --metrics {input.metrics}"
-        " --predictions {input.predictions} --cache-dir {params.cache_dir}"
+        " --predictions {input.predictions} --manifest {input.manifest}"
+        " --data-root {input.data} --image-size {params.image_size} --resize {params.resize}"
         " --curves {output.curves} --confusion {output.confusion}"
         " --samples {output.samples} --per-class {output.per_class}"
         " --title {wildcards.experiment} --dpi {params.dpi}"
