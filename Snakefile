@@ -9,6 +9,11 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Every job runs in this image under `--sdm apptainer` (or `--use-singularity`); without it,
+# jobs use the current environment, or envs/cvpipe.yaml under `--sdm conda`.
+container: config["container"]
+
+
 report: "workflow/report/workflow.rst"
 
 
