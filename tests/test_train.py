@@ -58,7 +58,9 @@ def test_outputs_checkpoint_and_provenance(tiny_cache, tmp_path):
         "identity",
     ):
         assert key in last
-    assert set(last["rng"]) == {"python", "numpy", "torch", "cuda"}
+    (rng,) = last["rng_by_rank"]  # one entry per process
+    assert set(rng["process"]) == {"python", "numpy", "torch", "cuda"} and "augment" in rng
+    assert last["progress"] is None  # an epoch-end checkpoint
     assert last["epoch"] == 1 and len(last["history"]) == 2
 
     prov = json.loads((tmp_path / "provenance.json").read_text())

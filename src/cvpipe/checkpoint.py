@@ -52,9 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
             n["cached_gaussian"],
         )
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # loading may have mapped it to the GPU
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][: torch.cuda.device_count()]])
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cvpipe.errors import CvpipeError
+from cvpipe.errors import EXIT_PREEMPTED, CvpipeError, Preempted
 
 
 def _ratios(text: str) -> dict[str, float]:
@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CvpipeError as exc:
         print(f"cvpipe {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Preempted as exc:
+        print(f"cvpipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         return 130
     return 0

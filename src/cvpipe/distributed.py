@@ -90,6 +90,15 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+def gather_objects(obj, env: DistEnv) -> list:
+    """`obj` of every rank, in rank order (a collective; `[obj]` for a world of one)."""
+    if not env.distributed:
+        return [obj]
+    gathered: list = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier(env: DistEnv) -> None:
     """Wait for every rank (no-op for a world of one)."""
     if env.distributed:

@@ -12,12 +12,15 @@ DDP job splits the batch over its processes, so it trains like a single process 
 After every epoch the full state is checkpointed; `resume: auto` continues from the last
 checkpoint when it was made with the same config and data, and with a fixed seed a resumed CPU run
 ends with exactly the weights of an uninterrupted one (every random draw is seeded per epoch).
+On SIGUSR1/SIGTERM (SLURM's time-limit warning, preemption) the run finishes its step,
+checkpoints mid-epoch and exits for a retry (`cvpipe.preemption`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -36,8 +39,9 @@ from cvpipe import checkpoint, distributed, provenance
 from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.distributed import DistEnv
-from cvpipe.errors import CvpipeError
+from cvpipe.errors import CvpipeError, Preempted
 from cvpipe.models import build_model
+from cvpipe.preemption import StopRequest
 from cvpipe.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
@@ -173,6 +177,17 @@ def summarize_confusion(cm: torch.Tensor) -> dict[str, float]:
     return {"acc": (tp.sum() / cm.sum().clamp(min=1)).item(), "macro_f1": f1.mean().item()}
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches done, running train sums (over all ranks), seconds."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+
 def train_one_epoch(
     model: nn.Module,
     batches,
@@ -183,13 +198,21 @@ def train_one_epoch(
     transform,
     criterion: nn.Module,
     env: DistEnv,
+    progress: EpochProgress | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
-    """One pass over the training batches; returns loss and accuracy over all ranks."""
+    """Train on `batches`; returns loss and accuracy over all ranks, and whether it stopped.
+
+    `progress` carries an interrupted epoch's sums in and the new position out;
+    `should_stop(batches_done)` is asked after every step (it must agree across ranks).
+    """
+    progress = progress if progress is not None else EpochProgress()
     model.train()
-    # Summed on the device, so the loop never waits for the GPU; read once at the end.
-    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
-    correct = torch.zeros((), dtype=torch.float64, device=env.device)
-    count = 0
+    # Summed on the device, so the loop never waits for the GPU; read once at the end. Sums
+    # carried over from an interrupted epoch are global, so only rank 0 starts from them.
+    start = [progress.loss_sum, progress.correct, progress.count] if env.is_main else [0.0] * 3
+    sums = torch.tensor(start, dtype=torch.float64, device=env.device)
+    stopped = False
     for images, labels in batches:
         images = images.to(env.device, non_blocking=True)
         labels = labels.to(env.device, non_blocking=True)
@@ -202,14 +225,21 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += loss.detach().double() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum()
-        count += labels.numel()
-    totals = torch.stack(
-        [loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=env.device)]
-    )
-    loss_total, correct_total, count_total = distributed.all_reduce_sum(totals, env).tolist()
-    return {"loss": loss_total / max(count_total, 1), "acc": correct_total / max(count_total, 1)}
+        sums[0] += loss.detach().double() * labels.numel()
+        sums[1] += (logits.argmax(1) == labels).sum()
+        sums[2] += labels.numel()
+        progress.batches += 1
+        if should_stop is not None and should_stop(progress.batches):
+            stopped = True
+            break
+    loss_total, correct_total, count_total = distributed.all_reduce_sum(sums, env).tolist()
+    progress.loss_sum, progress.correct, progress.count = loss_total, correct_total, count_total
+    count_total = max(count_total, 1)
+    return {
+        "loss": loss_total / count_total,
+        "acc": correct_total / count_total,
+        "stopped": stopped,
+    }
 
 
 @torch.no_grad()
@@ -268,7 +298,15 @@ def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig, env: DistEnv)
             path,
         )
         return None
-    log.info("resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, cfg.epochs)
+    if state.get("progress"):
+        log.info(
+            "resuming from %s (epoch %d of %d, after %d batches)",
+            path, state["epoch"] + 1, cfg.epochs, state["progress"]["batches"],
+        )  # fmt: skip
+    else:
+        log.info(
+            "resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, cfg.epochs
+        )
     return state
 
 
@@ -370,44 +408,82 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
 
 
 def training_state(
-    parts: Parts, epoch: int, history: list, best: dict, identity: dict, cfg: TrainConfig
+    parts: Parts,
+    epoch: int,
+    history: list,
+    best: dict | None,
+    identity: dict,
+    cfg: TrainConfig,
+    env: DistEnv,
+    progress: EpochProgress | None = None,
 ) -> dict:
-    """Everything `last.pt` holds to continue after `epoch` (0-based) as if never stopped."""
+    """Everything `last.pt` holds to continue as if never stopped: after `epoch` (0-based)
+    completed, or, with `progress`, in the middle of it. A collective call (RNG states of every
+    rank are gathered), so every rank must make it."""
+    rng = {"process": checkpoint.rng_state(), "augment": parts.aug_generator.get_state()}
     return {
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
         "epoch": epoch,
+        "progress": dataclasses.asdict(progress) if progress else None,
         "history": history,
         "best": best,
-        "rng": checkpoint.rng_state(),
+        "rng_by_rank": distributed.gather_objects(rng, env),
         "identity": identity,
         "config": cfg.as_dict(),
     }
 
 
-def restore(parts: Parts, state: dict) -> None:
-    """Load a `training_state` back into the parts (and this process's RNGs)."""
+def restore(parts: Parts, state: dict, env: DistEnv) -> None:
+    """Load a `training_state` back into the parts and this process's RNGs."""
     parts.model.load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
-    checkpoint.set_rng_state(state["rng"])
+    states = state["rng_by_rank"]
+    if len(states) != env.world_size and state.get("progress"):
+        log.warning(
+            "the checkpoint was made by %d process(es), this run has %d: the interrupted epoch "
+            "continues with other random draws than an uninterrupted run would use",
+            len(states), env.world_size,
+        )  # fmt: skip
+    mine = states[env.rank] if len(states) == env.world_size else states[0]
+    checkpoint.set_rng_state(mine["process"])
+    parts.aug_generator.set_state(mine["augment"].cpu())
 
 
-def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, env: DistEnv, files: RunFiles) -> dict:
-    """Train one epoch and validate; returns the history row (metrics equal on every rank)."""
-    torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-    parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+def run_epoch(
+    parts: Parts,
+    cfg: TrainConfig,
+    epoch: int,
+    env: DistEnv,
+    files: RunFiles,
+    progress: EpochProgress,
+    stop: StopRequest,
+) -> dict | None:
+    """Train one epoch and validate; returns the history row (the same on every rank), or None
+    if a stop was requested mid-epoch (`progress` then says where it stopped).
+
+    A fresh epoch seeds its random draws from (seed, epoch, rank); a resumed one continues
+    with the RNG states restored from the checkpoint and skips the batches already done.
+    """
+    if progress.batches == 0:
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+        parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
     parts.train_loader.sampler.set_epoch(epoch)
+    todo = itertools.islice(parts.train_loader, progress.batches, None)
+    total = len(parts.train_loader) - progress.batches
+    batches = files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
     started = time.perf_counter()
-    batches = files.progress(parts.train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
     fit = train_one_epoch(
         parts.forward, batches, parts.optimizer, parts.scheduler, parts.scaler,
-        parts.autocast, parts.augment, parts.criterion, env,
+        parts.autocast, parts.augment, parts.criterion, env, progress, stop.due,
     )  # fmt: skip
-    seconds = time.perf_counter() - started
+    progress.seconds += time.perf_counter() - started
+    if fit["stopped"]:
+        return None
     val = evaluate_split(
         parts.forward, parts.val_loader, parts.plain, parts.autocast, parts.criterion,
         parts.num_classes, env,
@@ -420,8 +496,8 @@ def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, env: DistEnv, files: R
         "val_loss": val["loss"],
         "val_acc": val["acc"],
         "val_macro_f1": val["macro_f1"],
-        "epoch_seconds": round(seconds, 3),
-        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / seconds, 1),
+        "epoch_seconds": round(progress.seconds, 3),
+        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
     }
 
 
@@ -483,11 +559,15 @@ def _train(
     files = RunFiles(model_path, history_path, env)
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
     identity = {"config": cfg.identity(), "data": data_identity}
-    start_epoch, history, best = 0, [], None
+    start_epoch, history, best, progress = 0, [], None, EpochProgress()
     resumed = _try_resume(files, identity, cfg, env)
     if resumed:
-        restore(parts, resumed)
-        start_epoch, history, best = resumed["epoch"] + 1, resumed["history"], resumed["best"]
+        restore(parts, resumed, env)
+        history, best = resumed["history"], resumed["best"]
+        if resumed["progress"]:  # stopped mid-epoch: continue that epoch
+            start_epoch, progress = resumed["epoch"], EpochProgress(**resumed["progress"])
+        else:
+            start_epoch = resumed["epoch"] + 1
 
     effective = {
         "world_size": env.world_size,
@@ -506,19 +586,30 @@ def _train(
         cfg.lr, parts.amp, effective["steps_per_epoch"],
     )  # fmt: skip
     files.open_tensorboard(purge_step=start_epoch + 1 if resumed else None)
+    stop = StopRequest(env)
+    stop.install()
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            row = run_epoch(parts, cfg, epoch, env, files)
+            if stop.requested():  # arrived during validation or checkpointing: all is saved
+                raise Preempted(f"stopped by {stop.describe()} after epoch {epoch} (checkpointed)")
+            row = run_epoch(parts, cfg, epoch, env, files, progress, stop)
+            if row is None:
+                state = training_state(parts, epoch, history, best, identity, cfg, env, progress)
+                files.save_checkpoint(files.last_checkpoint, state)
+                raise Preempted(
+                    f"stopped by {stop.describe()} in epoch {epoch + 1} after {progress.batches} "
+                    f"of {len(parts.train_loader)} batches; checkpointed to "
+                    f"{files.last_checkpoint}. Run again (Snakemake retries) to resume there."
+                )
+            progress = EpochProgress()
             history.append(row)
             improved = best is None or _improves(row, best["metrics"], cfg.monitor)
             if improved:
                 best = {"epoch": epoch + 1, "metrics": row}
-                files.save_checkpoint(
-                    files.best_checkpoint, {"model": parts.model.state_dict(), "epoch": epoch}
-                )
-            files.save_checkpoint(
-                files.last_checkpoint, training_state(parts, epoch, history, best, identity, cfg)
-            )
+                weights = {"model": parts.model.state_dict(), "epoch": epoch}
+                files.save_checkpoint(files.best_checkpoint, weights)
+            state = training_state(parts, epoch, history, best, identity, cfg, env)
+            files.save_checkpoint(files.last_checkpoint, state)
             files.write_history(history)
             files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
             log.info(
@@ -529,6 +620,7 @@ def _train(
                 "  *best" if improved else "",
             )  # fmt: skip
     finally:
+        stop.uninstall()
         files.close()
 
     distributed.barrier(env)  # rank 0 has written best.pt before anyone reads it
