@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (see README.md):
 #   make run   install, run the whole workflow on the built-in data (CPU), build the report
-#   make test  install, lint, run the test suite
+#   make test  install, lint, run the test suite (make test-slurm: the SLURM tests)
 # The local venv pins every package in envs/requirements-local.txt (torch 2.14.1 there: the
 # newest inside the package's range that this machine has; the container pins 2.8).
 
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: install run report test lint format clean
+.PHONY: install run report test test-slurm lint format clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ run: install
 
 test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+# The SLURM tests start a real one-node SLURM (munged, slurmctld, slurmd) as root; Debian's
+# slurm-wlm and munge must be installed (.ci/run installs them).
+test-slurm: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m slurm
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -90,6 +90,16 @@ def run_compare(a: argparse.Namespace) -> None:
     compare(dict(a.experiment), {**out, "history_dir": a.history_dir}, a.dpi)
 
 
+def run_config(a: argparse.Namespace) -> None:
+    from cvpipe.config import experiment_config, load_configs
+
+    config = load_configs(a.configfile or ["config/config.yaml"])
+    if a.experiment not in config.get("experiments", {}):
+        known = ", ".join(config.get("experiments", {}))
+        raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
+    print(json.dumps(experiment_config(config, a.experiment), sort_keys=True))
+
+
 def run_gpus(a: argparse.Namespace) -> None:
     from cvpipe.gpus import run_with_gpus
 
@@ -191,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, default=120)
     p.set_defaults(func=run_compare)
+
+    p = sub.add_parser(
+        "config",
+        help="print an experiment's resolved training settings (JSON for `cvpipe train --config`)",
+    )
+    p.add_argument("--experiment", required=True)
+    p.add_argument(
+        "--configfile",
+        action="append",
+        help="config file(s), merged in order (default: config/config.yaml)",
+    )
+    p.set_defaults(func=run_config)
 
     p = sub.add_parser(
         "gpus",

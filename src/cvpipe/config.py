@@ -72,3 +72,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def experiment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The resolved training settings of experiment `name`: `train` plus its overrides."""
     return deep_merge(config["train"], config["experiments"][name] or {})
+
+
+def load_configs(paths: list[str | Path]) -> dict[str, Any]:
+    """Config files merged in order, as `snakemake --configfile A B` does."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged

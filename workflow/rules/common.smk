@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 
 from snakemake.utils import validate
 
@@ -22,6 +23,12 @@ if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
         f"data.root {config['data']['root']!r} is not a folder (relative paths start at "
         f"{os.getcwd()}). Point it at a folder with one subfolder of images per class."
     )
+
+# SLURM's time-limit warning (profiles/slurm: --signal=USR1@120) and `scancel --signal=USR1` go to
+# every process of a job step, this Snakemake included, whose default reaction would be to die
+# and take the job with it. Ignored here (and so in the shells it starts), the signal reaches
+# the training process, which handles it: checkpoint, exit 75, retry (cvpipe.preemption).
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 EXPERIMENTS = list(config["experiments"])
 SPLITS = ["train", "val", "test"]
@@ -76,6 +83,11 @@ def train_launch(wildcards):
 
 def train_gpus(wildcards):
     return train_settings(wildcards.experiment)["gpus"]
+
+
+def train_gpu_model(wildcards):
+    """SLURM GPU type for GPU experiments only: a CPU job must not ask for `--gpus=<type>:0`."""
+    return config.get("slurm_gpu_model", "") if train_gpus(wildcards) else ""
 
 
 def final_outputs():

@@ -1,5 +1,6 @@
 # Stage 7: one table and chart over all experiments, with their provenance, for the report;
 # plus metrics.json and history/ in the layout dvc.yaml declares for `dvc metrics/plots diff`.
+# A local rule: on a cluster it runs beside Snakemake instead of queueing.
 
 
 rule compare:
@@ -31,6 +32,7 @@ rule compare:
         experiments=" ".join(f"--experiment {e}=results/{e}" for e in EXPERIMENTS),
         history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
+    localrule: True
     conda:
         ENV
     shell:

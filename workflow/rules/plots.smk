@@ -1,4 +1,5 @@
-# Stage 6: the figures of one experiment, marked for the Snakemake report.
+# Stage 6: the figures of one experiment, marked for the Snakemake report. A local rule: on a
+# cluster it runs beside Snakemake instead of queueing.
 
 
 rule plots:
@@ -40,6 +41,7 @@ rule plots:
         resize=config["preprocess"]["resize"],
         dpi=config["plots"]["dpi"],
         samples=config["plots"]["samples"],
+    localrule: True
     conda:
         ENV
     shell:

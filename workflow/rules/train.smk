@@ -23,6 +23,7 @@ rule train:
         cache_dir=cache_dir,
     resources:
         gpu=train_gpus,
+        gpu_model=train_gpu_model,
     threads: 4
     conda:
         ENV
