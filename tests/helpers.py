@@ -27,13 +27,15 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def snakemake_command(workdir: Path, *args: str, cores: int = 2) -> list[str]:
-    """`snakemake` on the repo's Snakefile in `workdir`; add `--configfile` last
+def snakemake_command(
+    workdir: Path, *args: str, cores: int = 2, snakefile: Path = SNAKEFILE
+) -> list[str]:
+    """`snakemake` on the repo's Snakefile (or a copy's) in `workdir`; add `--configfile` last
     (it takes several values, so targets after it would be read as config files)."""
     return [
         str(BIN / "snakemake"),
         "-s",
-        str(SNAKEFILE),
+        str(snakefile),
         "-d",
         str(workdir),
         "--cores",
@@ -49,11 +51,16 @@ def snakemake(
     check: bool = True,
     timeout: int = 900,
     cores: int = 2,
+    snakefile: Path = SNAKEFILE,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the real snakemake on the real Snakefile in `workdir`; output captured as text."""
     configs = [str(c) for c in (configfiles or CONFIGS)]
-    cmd = [*snakemake_command(workdir, *args, cores=cores), "--configfile", *configs]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env(), timeout=timeout)
+    cmd = [*snakemake_command(workdir, *args, cores=cores, snakefile=snakefile)]
+    cmd += ["--configfile", *configs]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env or tool_env(), timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -62,10 +69,21 @@ def snakemake(
 
 
 def planned_jobs(
-    workdir: Path, *args: str, configfiles: list[Path] | None = None
+    workdir: Path,
+    *args: str,
+    configfiles: list[Path] | None = None,
+    snakefile: Path = SNAKEFILE,
 ) -> dict[str, int]:
     """Rule -> number of jobs a dry run would execute (empty if nothing to do)."""
-    out = snakemake(workdir, "--dry-run", "--quiet", "rules", *args, configfiles=configfiles).stdout
+    out = snakemake(
+        workdir,
+        "--dry-run",
+        "--quiet",
+        "rules",
+        *args,
+        configfiles=configfiles,
+        snakefile=snakefile,
+    ).stdout
     jobs: dict[str, int] = {}
     lines = out.splitlines()
     if "Job stats:" not in lines:
@@ -76,6 +94,21 @@ def planned_jobs(
             break
         jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def copy_repo(dst: Path) -> Path:
+    """A copy of this checkout's files (tracked, and untracked but not ignored): a repository a
+    test may edit. Not a git repository; the copy's Snakefile runs the copy's src/."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+    return dst
 
 
 def copy_run(src: Path, dst: Path) -> Path:

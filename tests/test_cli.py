@@ -22,7 +22,12 @@ def test_missing_data_root_is_one_line(tmp_path):
         "b.csv",
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("cvpipe index: error: data.root")
+    # The error is one line, the last; before it only the log line naming the code that ran.
+    *before, last = proc.stderr.splitlines()
+    assert last.startswith("cvpipe index: error: data.root")
+    assert [line.split(" INFO cvpipe: ")[1].split(" from ")[0] for line in before] == [
+        "cvpipe 0.1.0"
+    ]
     assert "Traceback" not in proc.stderr
 
 

@@ -1,4 +1,4 @@
-"""The workflow as the user types it with containers or conda, as dry runs.
+"""The workflow as the user types it with containers or conda: dry runs, and one real run.
 
 Snakemake 9 stops even a dry run with --use-singularity / --sdm apptainer unless `apptainer`
 answers `--version`, and with --sdm conda unless `conda` answers three queries; neither can be
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, CONFIGS, REPO, SNAKEFILE
+from helpers import BIN, CONFIGS, REPO, SNAKEFILE, copy_repo, snakemake
+
+from cvpipe import stagecode
 
 SHIMS = Path(__file__).with_name("shims")
 IMAGE = "docker://" + yaml.safe_load((REPO / "envs" / "versions.yaml").read_text())["image"]
@@ -130,3 +133,66 @@ def test_conda_dry_run_lists_the_environment(tmp_path):
     assert all(c.split()[1] in ("--version", "info", "config") for c in calls)
     jobs = jobs_via_api(tmp_path, "conda", CONFIGS)
     assert {Path(j["conda"]).resolve() for j in jobs if j["rule"] != "all"} == {env_file}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=cvpipe-test", "-c", "user.email=test@cvpipe.invalid", *args],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.mark.slow
+def test_jobs_in_the_container_run_the_checkouts_code(tmp_path):
+    """A real run under --sdm apptainer, the shim standing in for the container: every job
+    imports cvpipe from the checkout's src/ (not the image's copy), and provenance names the
+    container, the code as it ran and each uncommitted change."""
+    repo = copy_repo(tmp_path / "repo")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the checkout")
+    with open(repo / "README.md", "a") as f:
+        f.write("\nA local note.\n")
+    with open(repo / "src" / "cvpipe" / "train.py", "a") as f:
+        f.write("\n# a local comment\n")
+    # The "image" has its own, stale copy of cvpipe on its Python path.
+    image_site = tmp_path / "image-site"
+    shutil.copytree(REPO / "src" / "cvpipe", image_site / "cvpipe")
+    overlay = tmp_path / "one-epoch.yaml"
+    overlay.write_text("train:\n  epochs: 1\n")
+    workdir = tmp_path / "work"
+    log = tmp_path / "shim.log"
+    env = {**shimmed_env(log), "SHIM_RUN": "1", "SHIM_IMAGE_PYTHONPATH": str(image_site)}
+    snakemake(
+        workdir, "--sdm", "apptainer", configfiles=[*CONFIGS, overlay],
+        snakefile=repo / "Snakefile", env=env,
+    )  # fmt: skip
+
+    calls = log.read_text().splitlines()
+    assert sum(c.startswith("apptainer exec ") for c in calls) == 11  # every job but `all`
+    assert all(".snakemake/singularity/" in c for c in calls if c.startswith("apptainer exec"))
+    assert any(c.startswith("apptainer pull --name ") and c.endswith(IMAGE) for c in calls)
+    assert f"bind {repo}:{repo}:ro" in calls  # the checkout lies outside the working directory
+    job_logs = sorted((workdir / "results" / "logs").rglob("*.log"))
+    assert len(job_logs) == 11
+    src = repo / "src" / "cvpipe"
+    for job_log in job_logs:
+        text = job_log.read_text()
+        assert f"from {src};" in text, job_log
+        assert str(image_site) not in text, job_log
+
+    prov = json.loads((workdir / "results" / "resnet18" / "provenance.json").read_text())
+    assert prov["container"]["uri"] == IMAGE
+    assert prov["container"]["runtime"] == "apptainer"
+    assert prov["container"]["image"].endswith(".simg")
+    assert prov["code"]["package"] == str(src)
+    assert prov["code"]["fingerprint"] == stagecode.fingerprint(
+        stagecode.stage_hashes(["train"], src)
+    )
+    assert prov["git"]["commit"] == git(repo, "rev-parse", "HEAD")
+    assert prov["git"]["describe"].endswith("-dirty")
+    changed = {c["path"]: c["status"] for c in prov["git"]["changed"]}
+    assert changed == {"README.md": "M", "src/cvpipe/train.py": "M"}
+    assert prov["git"]["code_changed"] == ["src/cvpipe/train.py"]
+    report = (workdir / "results" / "comparison" / "comparison.html").read_text()
+    assert IMAGE in report and "src/cvpipe/train.py" in report

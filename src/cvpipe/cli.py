@@ -3,6 +3,10 @@
 Every subcommand takes explicit paths and settings (no config file is read behind the rule's
 back). A `CvpipeError` is printed as one message naming what is wrong, without a traceback, and
 the command exits with status 1.
+
+Each subcommand NAME is two functions side by side: `add_NAME` declares its arguments and
+`run_NAME` calls the package. `cvpipe.stagecode` relies on that pairing: a stage's code
+fingerprint holds its own two functions of this file and not the other stages'.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from cvpipe.errors import EXIT_PREEMPTED, CvpipeError, Preempted
+
+log = logging.getLogger("cvpipe")
 
 
 def _ratios(text: str) -> dict[str, float]:
@@ -31,10 +37,33 @@ def _named_path(text: str) -> tuple[str, str]:
     return name, path
 
 
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
+    p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
+    p.add_argument("--images-per-class", type=int, default=200)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", choices=["png", "jpg"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_synth)
+
+
 def run_synth(a: argparse.Namespace) -> None:
     from cvpipe.synth import make_dataset
 
     make_dataset(a.out, a.images_per_class, a.size, a.seed, a.format, a.threads)
+
+
+def add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="decode-check the data, split it and write the manifest")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
+    p.add_argument("--split", type=_ratios, default=_ratios("train=0.7,val=0.15,test=0.15"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_index)
 
 
 def run_index(a: argparse.Namespace) -> None:
@@ -43,10 +72,32 @@ def run_index(a: argparse.Namespace) -> None:
     write_index(a.data_root, a.manifest, a.bad_images, a.split, a.seed, a.on_bad_image, a.threads)
 
 
+def add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preprocess", help="decode and resize once into the uint8 cache")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_preprocess)
+
+
 def run_preprocess(a: argparse.Namespace) -> None:
     from cvpipe.preprocess import preprocess
 
     preprocess(a.manifest, a.data_root, a.out_dir, a.size, a.resize, a.threads)
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one experiment (run under torchrun for DDP)")
+    p.add_argument("--config", required=True, help="the experiment's resolved settings, as JSON")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--model", required=True, help="model file to write (best epoch)")
+    p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
+    p.add_argument("--provenance", help="provenance.json to write")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.set_defaults(func=run_train)
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -59,108 +110,7 @@ def run_train(a: argparse.Namespace) -> None:
     train(TrainConfig.from_dict(values), a.cache_dir, a.model, a.history, a.provenance, a.threads)
 
 
-def run_evaluate(a: argparse.Namespace) -> None:
-    from cvpipe.evaluate import evaluate
-
-    evaluate(
-        a.model, a.cache_dir, a.manifest, a.metrics, a.predictions, a.timing,
-        a.batch_size, a.device, a.threads,
-    )  # fmt: skip
-
-
-def run_plots(a: argparse.Namespace) -> None:
-    from cvpipe.plots import make_plots
-
-    out = {
-        "curves": a.curves,
-        "confusion": a.confusion,
-        "samples": a.samples,
-        "per_class": a.per_class,
-    }
-    make_plots(
-        a.history, a.metrics, a.predictions, a.manifest, a.data_root, out, a.title,
-        a.image_size, a.resize, a.dpi, a.num_samples,
-    )  # fmt: skip
-
-
-def run_compare(a: argparse.Namespace) -> None:
-    from cvpipe.compare import compare
-
-    out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics}
-    compare(dict(a.experiment), {**out, "history_dir": a.history_dir}, a.dpi)
-
-
-def run_config(a: argparse.Namespace) -> None:
-    from cvpipe.config import experiment_config, load_configs
-
-    config = load_configs(a.configfile or ["config/config.yaml"])
-    if a.experiment not in config.get("experiments", {}):
-        known = ", ".join(config.get("experiments", {}))
-        raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
-    print(json.dumps(experiment_config(config, a.experiment), sort_keys=True))
-
-
-def run_gpus(a: argparse.Namespace) -> None:
-    from cvpipe.gpus import run_with_gpus
-
-    command = a.command_args[1:] if a.command_args[:1] == ["--"] else a.command_args
-    run_with_gpus(a.count, command, a.lock_dir, a.total, a.timeout)
-
-
-def run_bench_loader(a: argparse.Namespace) -> None:
-    from cvpipe.bench import bench_loader
-
-    bench_loader(a)
-
-
-def run_bench_train(a: argparse.Namespace) -> None:
-    from cvpipe.bench import bench_train
-
-    bench_train(a)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvpipe", description=__doc__.splitlines()[0])
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-
-    p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
-    p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
-    p.add_argument("--images-per-class", type=int, default=200)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="png", choices=["png", "jpg"])
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=run_synth)
-
-    p = sub.add_parser("index", help="decode-check the data, split it and write the manifest")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
-    p.add_argument("--split", type=_ratios, default=_ratios("train=0.7,val=0.15,test=0.15"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"])
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=run_index)
-
-    p = sub.add_parser("preprocess", help="decode and resize once into the uint8 cache")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--size", type=int, required=True)
-    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=run_preprocess)
-
-    p = sub.add_parser("train", help="train one experiment (run under torchrun for DDP)")
-    p.add_argument("--config", required=True, help="the experiment's resolved settings, as JSON")
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--model", required=True, help="model file to write (best epoch)")
-    p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
-    p.add_argument("--provenance", help="provenance.json to write")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
-    p.set_defaults(func=run_train)
-
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test-split metrics, predictions and inference speed")
     p.add_argument("--model", required=True)
     p.add_argument("--cache-dir", required=True)
@@ -173,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=run_evaluate)
 
+
+def run_evaluate(a: argparse.Namespace) -> None:
+    from cvpipe.evaluate import evaluate
+
+    evaluate(
+        a.model, a.cache_dir, a.manifest, a.metrics, a.predictions, a.timing,
+        a.batch_size, a.device, a.threads,
+    )  # fmt: skip
+
+
+def add_plots(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plots", help="figures of one experiment")
     for name in (
         "history",
@@ -193,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=24)
     p.set_defaults(func=run_plots)
 
+
+def run_plots(a: argparse.Namespace) -> None:
+    from cvpipe.plots import make_plots
+
+    out = {
+        "curves": a.curves,
+        "confusion": a.confusion,
+        "samples": a.samples,
+        "per_class": a.per_class,
+    }
+    make_plots(
+        a.history, a.metrics, a.predictions, a.manifest, a.data_root, out, a.title,
+        a.image_size, a.resize, a.dpi, a.num_samples,
+    )  # fmt: skip
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="table and chart over experiments")
     p.add_argument(
         "--experiment", type=_named_path, action="append", required=True, metavar="NAME=DIR"
@@ -200,8 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("csv", "md", "html", "png", "metrics", "history-dir"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, default=120)
+    p.add_argument(
+        "--stage-code", type=_named_path, action="append", default=[], metavar="STAGE=CODE",
+        help="the workflow's code fingerprint of a stage, for the report (repeatable)",
+    )  # fmt: skip
     p.set_defaults(func=run_compare)
 
+
+def run_compare(a: argparse.Namespace) -> None:
+    from cvpipe.compare import compare
+
+    out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics}
+    compare(dict(a.experiment), {**out, "history_dir": a.history_dir}, a.dpi, dict(a.stage_code))
+
+
+def add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
         help="print an experiment's resolved training settings (JSON for `cvpipe train --config`)",
@@ -214,6 +205,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_config)
 
+
+def run_config(a: argparse.Namespace) -> None:
+    from cvpipe.config import experiment_config, load_configs
+
+    config = load_configs(a.configfile or ["config/config.yaml"])
+    if a.experiment not in config.get("experiments", {}):
+        known = ", ".join(config.get("experiments", {}))
+        raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
+    print(json.dumps(experiment_config(config, a.experiment), sort_keys=True))
+
+
+def add_code(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "code",
+        help="print the code fingerprint of stages: the modules each runs and their hashes",
+    )
+    p.add_argument("stages", nargs="+", metavar="STAGE", help="subcommands, e.g. train plots")
+    p.add_argument("--json", action="store_true", help="full hashes as JSON")
+    p.set_defaults(func=run_code)
+
+
+def run_code(a: argparse.Namespace) -> None:
+    from cvpipe import stagecode
+
+    try:
+        result = {stage: stagecode.stage_hashes([stage]) for stage in a.stages}
+    except FileNotFoundError as exc:
+        raise CvpipeError(str(exc)) from None
+    if a.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for stage, hashes in result.items():
+        print(f"{stage}: {stagecode.short(hashes)}")
+        for module, digest in sorted(hashes.items()):
+            print(f"  {module:<20} {digest[: stagecode.SHORT]}")
+
+
+def add_gpus(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gpus",
         help="run a command on GPU ids of its own (sets CUDA_VISIBLE_DEVICES)",
@@ -231,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     p.set_defaults(func=run_gpus)
 
+
+def run_gpus(a: argparse.Namespace) -> None:
+    from cvpipe.gpus import run_with_gpus
+
+    command = a.command_args[1:] if a.command_args[:1] == ["--"] else a.command_args
+    run_with_gpus(a.count, command, a.lock_dir, a.total, a.timeout)
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     b = bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s")
@@ -267,7 +305,44 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int)
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=run_bench_train)
+
+
+def run_bench_loader(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_loader
+
+    bench_loader(a)
+
+
+def run_bench_train(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_train
+
+    bench_train(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for add in (
+        add_synth, add_index, add_preprocess, add_train, add_evaluate, add_plots, add_compare,
+        add_config, add_code, add_gpus, add_bench,
+    ):  # fmt: skip
+        add(sub)
     return parser
+
+
+def log_code(command: str) -> None:
+    """Say in the job's log which cvpipe runs: where it was imported from, and its fingerprint."""
+    from cvpipe import __version__, stagecode
+
+    hashes = stagecode.stage_hashes([command])
+    log.info(
+        "cvpipe %s from %s; %s code %s",
+        __version__,
+        stagecode.PACKAGE_DIR,
+        command,
+        stagecode.short(hashes),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if args.command not in ("code", "config", "bench"):
+            log_code(args.command)
         args.func(args)
     except CvpipeError as exc:
         print(f"cvpipe {args.command}: error: {exc}", file=sys.stderr)

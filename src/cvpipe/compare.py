@@ -58,11 +58,37 @@ def _html_table(header: list[str], body: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def html_page(rows: list[dict], provenance: dict[str, dict]) -> str:
+def _changes(git: dict) -> str:
+    if git.get("changed") is None:
+        return "unknown (no git checkout visible to the job)"
+    if not git["changed"]:
+        return "none"
+    listed = "; ".join(f"{c['status']} {c['path']}" for c in git["changed"])
+    more = git["changed_count"] - len(git["changed"])
+    return listed + (f"; … {more} more" if more > 0 else "")
+
+
+def _container(p: dict) -> str:
+    c = p["container"]
+    if not c["uri"] and not c["runtime"]:
+        return "none (the local environment)"
+    inside = f"{c['runtime']}: {c['image']}" if c["runtime"] else "not detected inside the job"
+    return f"{c['uri']} ({inside}; digest {c['digest'] or 'not readable'})"
+
+
+def html_page(
+    rows: list[dict], provenance: dict[str, dict], stage_code: dict[str, str] | None = None
+) -> str:
     names = list(provenance)
     fields = {
+        "git describe": lambda p: p["git"]["describe"],
         "git commit": lambda p: p["git"]["commit"],
-        "git dirty": lambda p: p["git"]["dirty"],
+        "uncommitted changes": lambda p: _changes(p["git"]),
+        "of those, in the training code": lambda p: (
+            ", ".join(p["git"]["code_changed"] or []) or "none"
+        ),
+        "training code": lambda p: f"{p['code']['fingerprint'][:12]} ({p['code']['package']})",
+        "container": _container,
         "manifest sha256": lambda p: p["data"]["manifest_sha256"],
         "device": lambda p: f"{p['device']['type']}: {p['device']['name']}",
         "host": lambda p: p["host"],
@@ -76,6 +102,7 @@ def html_page(rows: list[dict], provenance: dict[str, dict]) -> str:
         "config": lambda p: json.dumps(p["config"], sort_keys=True),
     }
     prov_rows = [[field, *(get(provenance[n]) for n in names)] for field, get in fields.items()]
+    code_rows = [[stage, code] for stage, code in (stage_code or {}).items()]
     style = (
         "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;"
@@ -84,7 +111,11 @@ def html_page(rows: list[dict], provenance: dict[str, dict]) -> str:
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
         f"<h2>Experiments</h2>{_html_table(list(COLUMNS), [[r[c] for c in COLUMNS] for r in rows])}"
-        f"<h2>Provenance</h2>{_html_table(['', *names], prov_rows)}</body></html>\n"
+        f"<h2>Provenance</h2>{_html_table(['', *names], prov_rows)}"
+        "<h2>Code of the other stages</h2><p>Fingerprints of the cvpipe code each stage ran "
+        "(<code>python -m cvpipe code STAGE</code> lists the modules; training's is above, "
+        f"per experiment).</p>{_html_table(['stage', 'code fingerprint'], code_rows)}"
+        "</body></html>\n"
     )
 
 
@@ -114,11 +145,15 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", "log_loss")
 
 
 def compare(
-    result_dirs: dict[str, str | Path], out: dict[str, str | Path], dpi: int = 120
+    result_dirs: dict[str, str | Path],
+    out: dict[str, str | Path],
+    dpi: int = 120,
+    stage_code: dict[str, str] | None = None,
 ) -> list[dict]:
     """Build the comparison of `{experiment: results dir}`.
 
-    `out` maps csv/md/html/png/metrics to paths and history_dir to a folder.
+    `out` maps csv/md/html/png/metrics to paths and history_dir to a folder; `stage_code` maps
+    stage names to the code fingerprints the workflow ran them with (for the report).
     """
     rows = [experiment_row(name, Path(d)) for name, d in result_dirs.items()]
     provenance = {
@@ -131,7 +166,7 @@ def compare(
     writer.writerows(rows)
     atomic.write_text(out["csv"], buf.getvalue())
     atomic.write_text(out["md"], markdown_table(rows))
-    atomic.write_text(out["html"], html_page(rows, provenance))
+    atomic.write_text(out["html"], html_page(rows, provenance, stage_code))
     save_figure(plot_comparison(rows), out["png"], dpi)
     summary = {}
     for name, d in result_dirs.items():

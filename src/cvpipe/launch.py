@@ -1,11 +1,16 @@
 """How the train rule starts a training job: plain, under torchrun, and/or with locked GPU ids.
 
-- `gpus: 0`, `ddp_processes: 1`: `cvpipe train ...` (one process, CPU unless `device: cuda`);
+- `gpus: 0`, `ddp_processes: 1`: `python -m cvpipe train ...` (one process, CPU unless
+  `device: cuda`);
 - `gpus: 0`, `ddp_processes: P > 1`: `torchrun --standalone --nproc_per_node=P -m cvpipe train`
   (DDP on gloo, CPU: the same code path as multi-GPU, for machines without GPUs and for tests);
-- `gpus: 1`: `cvpipe gpus --count 1 -- cvpipe train ...` (one process on its own GPU);
-- `gpus: G > 1`: `cvpipe gpus --count G -- torchrun --standalone --nproc_per_node=G -m cvpipe
-  train ...` (one DDP process per GPU, nccl).
+- `gpus: 1`: `python -m cvpipe gpus --count 1 -- python -m cvpipe train ...` (one process on its
+  own GPU);
+- `gpus: G > 1`: `python -m cvpipe gpus --count G -- torchrun --standalone --nproc_per_node=G
+  -m cvpipe train ...` (one DDP process per GPU, nccl).
+
+`python -m cvpipe`, not the `cvpipe` script: the jobs import cvpipe from the checkout's src/
+(`cvpipe.jobenv`), which needs no installed copy, in a container or conda env either.
 
 `cvpipe gpus` (see `cvpipe.gpus`) gives the job G GPU ids of its own; the machine's GPU count
 and lock folder come from the environment there, so they never change a rule's params.
@@ -22,10 +27,10 @@ def train_launcher(gpus: int, ddp_processes: int) -> str:
     processes = gpus if gpus > 0 else ddp_processes
     words: list[str] = []
     if gpus > 0:
-        words += ["cvpipe", "gpus", "--count", str(gpus), "--"]
+        words += ["python", "-m", "cvpipe", "gpus", "--count", str(gpus), "--"]
     if processes > 1:
         # --standalone: a private rendezvous on a free local port, so concurrent jobs coexist.
         words += ["torchrun", "--standalone", f"--nproc_per_node={processes}", "-m", "cvpipe"]
     else:
-        words.append("cvpipe")
+        words += ["python", "-m", "cvpipe"]
     return shlex.join(words)

@@ -645,7 +645,7 @@ def _train(
     if provenance_path:
         effective["finished_unix"] = time.time()
         record = provenance.collect(
-            cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
+            "train", cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
         )
         files.write_json(provenance_path, record)
     return best["metrics"]

@@ -1,11 +1,20 @@
 # Config validation and the small input functions the rules share. Logic lives in cvpipe.
+import functools
 import json
 import os
 import re
 import signal
+import sys
 
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+# The workflow runs its own checkout's code: the Snakefile imports cvpipe from src/ next to it,
+# and every job does too (cvpipe.jobenv), also in a container or conda env.
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+
+from cvpipe import jobenv, stagecode
 from cvpipe.config import config_errors, experiment_config
 from cvpipe.datatree import tree_fingerprint
 from cvpipe.launch import train_launcher
@@ -36,6 +45,14 @@ CACHE = "results/dataset/cache/{size}px"
 PLOTS = ["curves", "confusion", "samples", "per_class"]
 
 ENV = "../../envs/cvpipe.yaml"
+
+IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+shell.prefix(jobenv.shell_prefix(SRC, config["container"] if IN_CONTAINER else None))
+if IN_CONTAINER:
+    for _variable in ("APPTAINER_BIND", "SINGULARITY_BIND"):
+        os.environ[_variable] = jobenv.apptainer_binds(
+            workflow.basedir, os.getcwd(), os.environ.get(_variable, "")
+        )
 
 
 wildcard_constraints:
@@ -88,6 +105,32 @@ def train_gpus(wildcards):
 def train_gpu_model(wildcards):
     """SLURM GPU type for GPU experiments only: a CPU job must not ask for `--gpus=<type>:0`."""
     return config.get("slurm_gpu_model", "") if train_gpus(wildcards) else ""
+
+
+@functools.cache
+def stage_code(*commands):
+    """`module:hash` of the code `python -m cvpipe <command>` runs: a rule's `code` param, so a
+    change to that code reruns the stage and what follows (cvpipe.stagecode). Once per parse."""
+    return stagecode.summary(stagecode.stage_hashes(commands, os.path.join(SRC, "cvpipe")))
+
+
+def train_code(wildcards):
+    """A GPU experiment's job also runs `cvpipe gpus` before `cvpipe train`."""
+    return stage_code(*(["gpus"] if train_gpus(wildcards) else []), "train")
+
+
+# Stages whose code fingerprint the comparison reports; training's comes from each
+# experiment's provenance.json (computed in the job from the code it imported).
+REPORTED_STAGES = (["synth"] if USE_BUILTIN else []) + ["index", "preprocess", "evaluate", "plots"]
+
+
+def report_stage_code(stages):
+    """`--stage-code stage=fingerprint` words for the comparison's provenance table."""
+    package = os.path.join(SRC, "cvpipe")
+    return " ".join(
+        f"--stage-code {stage}={stagecode.short(stagecode.stage_hashes([stage], package))}"
+        for stage in [*stages, "compare"]
+    )
 
 
 def final_outputs():

@@ -32,10 +32,12 @@ rule compare:
         experiments=" ".join(f"--experiment {e}=results/{e}" for e in EXPERIMENTS),
         history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
+        stage_code=report_stage_code(REPORTED_STAGES),
+        code=stage_code("compare"),
     localrule: True
     conda:
         ENV
     shell:
-        "cvpipe compare {params.experiments} --csv {output.csv} --md {output.md}"
+        "python -m cvpipe compare {params.experiments} --csv {output.csv} --md {output.md}"
         " --html {output.html} --png {output.png} --metrics {output.metrics}"
-        " --history-dir {params.history_dir} --dpi {params.dpi} > {log} 2>&1"
+        " --history-dir {params.history_dir} --dpi {params.dpi} {params.stage_code} > {log} 2>&1"

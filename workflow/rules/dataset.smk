@@ -15,10 +15,11 @@ if USE_BUILTIN:
             size=config["synth"]["size"],
             seed=config["synth"]["seed"],
             format=config["synth"]["format"],
+            code=stage_code("synth"),
         threads: 4
         conda:
             ENV
         shell:
-            "cvpipe synth --out {output} --images-per-class {params.images_per_class}"
+            "python -m cvpipe synth --out {output} --images-per-class {params.images_per_class}"
             " --size {params.size} --seed {params.seed} --format {params.format}"
             " --threads {threads} > {log} 2>&1"

@@ -14,11 +14,12 @@ rule evaluate:
         "results/logs/evaluate/{experiment}.log",
     params:
         cache_dir=cache_dir,
+        code=stage_code("evaluate"),
     threads: 4
     conda:
         ENV
     shell:
-        "cvpipe evaluate --model {input.model} --cache-dir {params.cache_dir}"
+        "python -m cvpipe evaluate --model {input.model} --cache-dir {params.cache_dir}"
         " --manifest {input.manifest} --metrics {output.metrics}"
         " --predictions {output.predictions} --timing {output.timing}"
         " --threads {threads} > {log} 2>&1"

@@ -16,10 +16,11 @@ rule index:
         split=",".join(f"{k}={v}" for k, v in config["data"]["split"].items()),
         seed=config["data"]["split_seed"],
         on_bad_image=config["data"]["on_bad_image"],
+        code=stage_code("index"),
     threads: 4
     conda:
         ENV
     shell:
-        "cvpipe index --data-root {input.data} --manifest {output.manifest}"
+        "python -m cvpipe index --data-root {input.data} --manifest {output.manifest}"
         " --bad-images {output.bad_images} --split {params.split} --seed {params.seed}"
         " --on-bad-image {params.on_bad_image} --threads {threads} > {log} 2>&1"

@@ -41,11 +41,12 @@ rule plots:
         resize=config["preprocess"]["resize"],
         dpi=config["plots"]["dpi"],
         samples=config["plots"]["samples"],
+        code=stage_code("plots"),
     localrule: True
     conda:
         ENV
     shell:
-        "cvpipe plots --history {input.history} --metrics {input.metrics}"
+        "python -m cvpipe plots --history {input.history} --metrics {input.metrics}"
         " --predictions {input.predictions} --manifest {input.manifest}"
         " --data-root {input.data} --image-size {params.image_size} --resize {params.resize}"
         " --curves {output.curves} --confusion {output.confusion}"

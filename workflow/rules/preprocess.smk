@@ -18,10 +18,11 @@ rule preprocess:
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.stats),
         resize=config["preprocess"]["resize"],
+        code=stage_code("preprocess"),
     threads: 4
     conda:
         ENV
     shell:
-        "cvpipe preprocess --manifest {input.manifest} --data-root {input.data}"
+        "python -m cvpipe preprocess --manifest {input.manifest} --data-root {input.data}"
         " --out-dir {params.out_dir} --size {wildcards.size} --resize {params.resize}"
         " --threads {threads} > {log} 2>&1"

@@ -21,6 +21,7 @@ rule train:
         launch=train_launch,
         settings=train_config_json,
         cache_dir=cache_dir,
+        code=train_code,
     resources:
         gpu=train_gpus,
         gpu_model=train_gpu_model,
