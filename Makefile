@@ -10,7 +10,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: install run report test test-slurm lint format clean
+# The image (envs/versions.yaml states its name), and the engine that builds it.
+IMAGE ?= $(shell sed -n 's/^image: *//p' envs/versions.yaml)
+ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || (command -v podman >/dev/null 2>&1 && echo podman))
+SIF ?= cvpipe.sif
+
+.PHONY: install run report test test-slurm lint format clean container sif
 
 install: $(STAMP)
 
@@ -46,6 +51,19 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 	$(BIN)/snakefmt Snakefile workflow
+
+# The pinned CUDA image, built locally (no registry needed): `make container` with Docker or
+# Podman, `make sif` with Apptainer alone. Then: snakemake --sdm apptainer --config
+# container=$(SIF) (or push $(IMAGE) and keep the default). See containers/README.md.
+container:
+	@test -n "$(ENGINE)" || { echo "make container needs docker or podman; with Apptainer only, run: make sif" >&2; exit 1; }
+	$(ENGINE) build -f containers/Dockerfile -t $(IMAGE) .
+	$(ENGINE) run --rm $(IMAGE) python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+sif:
+	@command -v apptainer >/dev/null 2>&1 || { echo "make sif needs apptainer (https://apptainer.org/docs/admin/main/installation.html)" >&2; exit 1; }
+	apptainer build $(SIF) containers/cvpipe.def
+	@echo "Built $(SIF). Use it: snakemake --sdm apptainer --config container=$(SIF)"
 
 clean:
 	rm -rf results .snakemake

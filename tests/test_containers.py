@@ -196,3 +196,15 @@ def test_jobs_in_the_container_run_the_checkouts_code(tmp_path):
     assert prov["git"]["code_changed"] == ["src/cvpipe/train.py"]
     report = (workdir / "results" / "comparison" / "comparison.html").read_text()
     assert IMAGE in report and "src/cvpipe/train.py" in report
+
+
+def test_an_image_that_cannot_be_pulled_names_the_command_that_builds_it(tmp_path):
+    """No image is published under the default name yet: the user must learn how to build one,
+    not only read Apptainer's error."""
+    log = tmp_path / "shim.log"
+    proc = snakemake(tmp_path, "--sdm", "apptainer", check=False, env=shimmed_env(log), timeout=300)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Failed to pull singularity image" in output  # the shim refused the pull
+    assert f"the container image {IMAGE} is not in" in output
+    assert "`make sif`" in output and "--config container=cvpipe.sif" in output

@@ -78,3 +78,69 @@ def test_container_basics():
     ):
         assert key in labels
     assert "jupyterlab==" in text and "tensorboard==" in text
+
+
+DOCS = [REPO / "README.md", REPO / "containers" / "README.md"]
+
+
+def commands(path) -> list[str]:
+    """Shell commands in a Markdown file's code blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+    text = re.sub(r"\\\n\s*", " ", "\n".join(blocks))
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.strip()]
+
+
+def test_documented_servers_are_not_open_to_the_network():
+    """A user copies these: nothing may publish training logs or a notebook to every host."""
+    servers = 0
+    for doc in DOCS:
+        for cmd in commands(doc):
+            assert "--bind_all" not in cmd, cmd
+            assert not re.search(r"token=(''|\"\"|\s|$)", cmd), cmd  # Jupyter keeps its token
+            for port in re.findall(r"(?:^|\s)(?:-p|--publish)\s+(\S+)", cmd):
+                assert port.startswith("127.0.0.1:"), f"{doc.name}: {cmd}"
+            if cmd.startswith("apptainer exec") and re.search(r"\b(jupyter|tensorboard)\b", cmd):
+                assert "127.0.0.1" in cmd, f"{doc.name}: {cmd}"  # host network: bind loopback
+                servers += 1
+            if cmd.startswith("docker run") and re.search(r"\b(jupyter|tensorboard)\b", cmd):
+                assert "-p 127.0.0.1:" in cmd, f"{doc.name}: {cmd}"
+                servers += 1
+    assert servers >= 4, "the JupyterLab/TensorBoard examples are gone from the docs"
+
+
+def test_documented_docker_runs_have_shared_memory_for_workers():
+    for doc in DOCS:
+        for cmd in commands(doc):
+            if cmd.startswith("docker run") and "--gpus" in cmd:
+                assert "--ipc=host" in cmd or "--shm-size" in cmd, f"{doc.name}: {cmd}"
+
+
+def test_release_workflow_builds_checks_and_pushes_the_image_with_its_digest():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "container.yml").read_text())
+    assert workflow[True]["push"]["tags"] == ["v*"]  # YAML reads the key `on` as True
+    steps = workflow["jobs"]["image"]["steps"]
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    push = next(i for i, s in enumerate(steps) if s.get("with", {}).get("push"))
+    health = next(i for i, n in enumerate(names) if "Health check" in n)
+    assert health < push, "the image is pushed before its health check ran"
+    assert "steps.push.outputs.digest" in str(workflow["jobs"]["image"]["outputs"])
+    assert any(
+        "containers/cvpipe.def" in str(s.get("run", ""))
+        for s in workflow["jobs"]["apptainer"]["steps"]
+    )
+
+
+def test_make_builds_the_image_named_in_versions_yaml():
+    import yaml
+
+    image = yaml.safe_load((REPO / "envs" / "versions.yaml").read_text())["image"]
+    for target, expected in (
+        ("container", f"docker build -f containers/Dockerfile -t {image} ."),
+        ("sif", "apptainer build cvpipe.sif containers/cvpipe.def"),
+    ):
+        proc = subprocess.run(
+            ["make", "-n", target, "ENGINE=docker"], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr

@@ -70,10 +70,20 @@ def disagreements(root: Path) -> list[str]:
     pinned = set(_pins(docker)) | {"torch", "torchvision"}
     problems += [f"Dockerfile: does not install {name}" for name in truth if name not in pinned]
 
+    # The Apptainer definition builds the same stack from the same base (no published image
+    # needed), so it repeats the Dockerfile's pins.
     definition = (root / "containers" / "cvpipe.def").read_text()
     image = re.search(r"^From: (\S+)$", definition, flags=re.M)
-    if not image or image.group(1) != v["image"]:
-        problems.append(f"cvpipe.def: From is not {v['image']}")
+    if not image or image.group(1) != v["base_image"]:
+        problems.append(f"cvpipe.def: From is not {v['base_image']}")
+    problems += _check_pins("cvpipe.def", _pins(definition), truth)
+    problems += [
+        f"cvpipe.def: does not install {name}" for name in truth if name not in _pins(definition)
+    ]
+    if f"python{v['python']} " not in definition or f"--index-url {v['torch_index']}" not in (
+        definition
+    ):
+        problems.append(f"cvpipe.def: not Python {v['python']} with torch from {v['torch_index']}")
     labels = dict(re.findall(r"^\s+io\.cvpipe\.(\w+) (\S+)$", definition, flags=re.M))
     for key, want in {
         "cuda": v["cuda"],

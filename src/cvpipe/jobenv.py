@@ -18,9 +18,16 @@ Imported by the Snakefile at parse time: standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from pathlib import Path
+
+BUILD_HINT = (
+    "build the image from this checkout instead: `make sif` (needs Apptainer only), then run "
+    "with `--config container=cvpipe.sif`; or `make container` (Docker/Podman) and push it to a "
+    "registry you name in the config key `container`. See containers/README.md."
+)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -60,3 +67,24 @@ def apptainer_binds(
     target = repo / "src" if _inside(workdir, repo) else repo
     bind = f"{target}:{target}:ro"
     return f"{existing},{bind}" if existing else bind
+
+
+def image_hint(uri: str, image_dir: str | os.PathLike[str]) -> str | None:
+    """A sentence for the user before Snakemake fetches or opens the image, or None if it is
+    already there: where to get an image when `uri` cannot be pulled or does not exist.
+
+    Snakemake caches pulled images as `<image_dir>/<md5 of the URI>.simg`
+    (snakemake.deployment.singularity); only an image not cached yet is about to be pulled.
+    """
+    if "://" not in uri:
+        if Path(uri).exists():
+            return None
+        return f"cvpipe: the container image {uri} does not exist; {BUILD_HINT}"
+    cached = Path(image_dir) / f"{hashlib.md5(uri.encode()).hexdigest()}.simg"
+    if cached.exists():
+        return None
+    return (
+        f"cvpipe: the container image {uri} is not in {image_dir} yet, so Snakemake pulls it "
+        f"now. If that pull fails (no image published under that name yet, or no access), "
+        f"{BUILD_HINT}"
+    )

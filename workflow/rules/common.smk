@@ -49,6 +49,12 @@ ENV = "../../envs/cvpipe.yaml"
 IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 shell.prefix(jobenv.shell_prefix(SRC, config["container"] if IN_CONTAINER else None))
 if IN_CONTAINER:
+    _hint = jobenv.image_hint(
+        config["container"],
+        workflow.deployment_settings.apptainer_prefix or ".snakemake/singularity",
+    )
+    if _hint:
+        print(_hint, file=sys.stderr)
     for _variable in ("APPTAINER_BIND", "SINGULARITY_BIND"):
         os.environ[_variable] = jobenv.apptainer_binds(
             workflow.basedir, os.getcwd(), os.environ.get(_variable, "")
