@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -40,7 +41,7 @@ from cvpipe.augment import AugmentPolicy, train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.index import read_manifest, split_rows, write_index
 from cvpipe.preprocess import preprocess
-from cvpipe.synth import make_dataset
+from cvpipe.synth import CLASSES, make_dataset
 
 # The augmentation both loaders apply: `exact` is the default of config/config.yaml; `warp`
 # adds the bilinear rotation/zoom/shift (torchvision's RandomAffine in the baseline).
@@ -94,6 +95,9 @@ def imagefolder_loader(
     )  # fmt: skip
 
 
+TRAIN_FRACTION = 0.7
+
+
 def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, float]:
     """Data root (drawn unless given), manifest and cache in `work`, and the cache build time."""
     cpus = os.cpu_count() or 1
@@ -101,7 +105,7 @@ def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path
     if not args.data_root:
         make_dataset(root, args.images_per_class, args.source_size, seed=0, threads=cpus)
     manifest = work / "manifest.csv"
-    ratios = {"train": 0.7, "val": 0.15, "test": 0.15}
+    ratios = {"train": TRAIN_FRACTION, "val": 0.15, "test": 0.15}
     write_index(root, manifest, work / "bad.csv", ratios, seed=0, on_bad_image="skip", threads=cpus)
     started = time.perf_counter()
     preprocess(manifest, root, work / "cache", args.image_size, "crop", cpus)
@@ -224,6 +228,14 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = distributed.init(args.device)
+    # As training does (train.py): cuDNN picks the fastest kernels for the fixed input shape.
+    torch.backends.cudnn.benchmark = True
+    # (a) must see the loader in its steady state, not restarting its workers every few steps:
+    # draw enough images for every timed and warm-up step to come from one epoch.
+    if not args.data_root:
+        steps = args.steps + args.warmup + 1
+        needed = math.ceil(steps * args.batch_size / (TRAIN_FRACTION * len(CLASSES)))
+        args.images_per_class = max(args.images_per_class, needed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
         _, _, cache, _ = prepare_data(args, Path(tmp))
