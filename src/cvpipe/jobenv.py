@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import sys
 from pathlib import Path
 
 BUILD_HINT = (
@@ -88,3 +89,14 @@ def image_hint(uri: str, image_dir: str | os.PathLike[str]) -> str | None:
         f"now. If that pull fails (no image published under that name yet, or no access), "
         f"{BUILD_HINT}"
     )
+
+
+def prepare_apptainer(uri: str, image_dir: str | None, repo: str | os.PathLike[str]) -> None:
+    """Before Snakemake starts Apptainer: say how to build the image if it is not there yet,
+    and bind the checkout (`APPTAINER_BIND`, read by apptainer from the environment Snakemake
+    starts it with; `SINGULARITY_BIND` for Singularity)."""
+    hint = image_hint(uri, image_dir or ".snakemake/singularity")
+    if hint:
+        print(hint, file=sys.stderr)
+    for variable in ("APPTAINER_BIND", "SINGULARITY_BIND"):
+        os.environ[variable] = apptainer_binds(repo, os.getcwd(), os.environ.get(variable, ""))

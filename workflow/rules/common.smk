@@ -12,6 +12,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 # The workflow runs its own checkout's code: the Snakefile imports cvpipe from src/ next to it,
 # and every job does too (cvpipe.jobenv), also in a container or conda env.
 SRC = os.path.join(workflow.basedir, "src")
+PACKAGE = os.path.join(SRC, "cvpipe")
 sys.path.insert(0, SRC)
 
 from cvpipe import jobenv, stagecode
@@ -49,16 +50,9 @@ ENV = "../../envs/cvpipe.yaml"
 IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
 shell.prefix(jobenv.shell_prefix(SRC, config["container"] if IN_CONTAINER else None))
 if IN_CONTAINER:
-    _hint = jobenv.image_hint(
-        config["container"],
-        workflow.deployment_settings.apptainer_prefix or ".snakemake/singularity",
+    jobenv.prepare_apptainer(
+        config["container"], workflow.deployment_settings.apptainer_prefix, workflow.basedir
     )
-    if _hint:
-        print(_hint, file=sys.stderr)
-    for _variable in ("APPTAINER_BIND", "SINGULARITY_BIND"):
-        os.environ[_variable] = jobenv.apptainer_binds(
-            workflow.basedir, os.getcwd(), os.environ.get(_variable, "")
-        )
 
 
 wildcard_constraints:
@@ -117,7 +111,7 @@ def train_gpu_model(wildcards):
 def stage_code(*commands):
     """`module:hash` of the code `python -m cvpipe <command>` runs: a rule's `code` param, so a
     change to that code reruns the stage and what follows (cvpipe.stagecode). Once per parse."""
-    return stagecode.summary(stagecode.stage_hashes(commands, os.path.join(SRC, "cvpipe")))
+    return stagecode.summary(stagecode.stage_hashes(commands, PACKAGE))
 
 
 def train_code(wildcards):
@@ -132,9 +126,8 @@ REPORTED_STAGES = (["synth"] if USE_BUILTIN else []) + ["index", "preprocess", "
 
 def report_stage_code(stages):
     """`--stage-code stage=fingerprint` words for the comparison's provenance table."""
-    package = os.path.join(SRC, "cvpipe")
     return " ".join(
-        f"--stage-code {stage}={stagecode.short(stagecode.stage_hashes([stage], package))}"
+        f"--stage-code {stage}={stagecode.short(stagecode.stage_hashes([stage], PACKAGE))}"
         for stage in [*stages, "compare"]
     )
 
