@@ -23,6 +23,7 @@ import cv2
 import torch
 import torchvision
 
+import cvpipe
 from cvpipe import stagecode
 
 # At most this many changed files are listed one by one (the count is always given).
@@ -157,7 +158,9 @@ def versions() -> dict:
         "opencv": cv2.__version__,
         "numpy": _version("numpy"),
         "snakemake": _version("snakemake"),
-        "cvpipe": _version("cvpipe"),
+        # The imported package's own version: jobs import cvpipe from the checkout's src/,
+        # which has no installed metadata in a container.
+        "cvpipe": cvpipe.__version__,
     }
 
 

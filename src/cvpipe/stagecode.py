@@ -133,9 +133,18 @@ def _digest(tree: ast.AST) -> str:
 
 @functools.cache
 def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
-    """A module's syntax tree without docstrings (cached while the file is unchanged)."""
+    """A module's syntax tree without docstrings and without `__version__ = ...` (a release
+    number is not behaviour: bumping it reruns nothing). Cached while the file is unchanged."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     _strip_docstrings(tree)
+    tree.body = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+        )
+    ]
     return tree
 
 
