@@ -3,12 +3,14 @@
 import csv
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from helpers import REPO
+from train_steps import assert_learns, build, fit_steps
 
 from cvpipe import checkpoint
 from cvpipe.distributed import DistEnv, pick_device
@@ -133,6 +135,38 @@ def test_bf16_autocast_runs_on_cpu(tiny_cache, tmp_path):
     run(tiny_cache, tmp_path, epochs=1, amp="bf16")
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert prov["training"]["amp_dtype"] == "bfloat16"
+
+
+def test_fp16_with_grad_scaler_skips_an_overflowing_step_and_goes_on(tiny_cache):
+    parts, env = build(tiny_cache / "cache", "cpu", amp="fp16")
+    assert parts.amp == "float16" and parts.scaler.is_enabled()
+    steps = fit_steps(parts, env, 9, overflow_at=5)
+    # The first steps find the scale (2**16 overflows here and backs off); by step 5 it is set.
+    settled, overflow, after = steps[4], steps[5], steps[6:]
+    assert settled.weights_changed
+    assert not overflow.weights_changed  # the overflowing step was skipped
+    assert overflow.scale == settled.scale / 2  # and the scale backed off
+    assert_learns(after)  # then training goes on, finite and learning
+    assert after[-1].loss < steps[0].loss
+
+
+def test_bf16_learns_on_cpu(tiny_cache):
+    parts, env = build(tiny_cache / "cache", "cpu", amp="bf16")
+    assert parts.amp == "bfloat16" and not parts.scaler.is_enabled()
+    assert_learns(fit_steps(parts, env, 5))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")),
+    reason="torch.compile on the CPU (inductor) needs a C++ compiler",
+)
+def test_compile_trains_on_cpu(tiny_cache, tmp_path):
+    _, metrics = run(tiny_cache, tmp_path, epochs=1, compile=True)
+    assert 0 <= metrics["val_acc"] <= 1
+    assert all(float(r["train_loss"]) < 10 for r in history(tmp_path))
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod.") for k in weights)  # the plain model is saved
 
 
 def test_amp_policy():
