@@ -46,6 +46,7 @@ def test_amp_learns_on_cuda(tiny_cache, amp, dtype):
     parts, env = build(tiny_cache / "cache", "cuda", amp=amp)
     assert parts.amp == dtype and next(parts.model.parameters()).is_cuda
     assert parts.scaler.is_enabled() == (amp == "fp16")
+    assert parts.optimizer.defaults["fused"]  # one fused AdamW kernel on CUDA
     steps = fit_steps(parts, env, 10)
     # fp16's first steps may be skipped while the GradScaler finds its scale.
     assert_learns(steps[-5:] if amp == "fp16" else steps)

@@ -153,6 +153,7 @@ def test_fp16_with_grad_scaler_skips_an_overflowing_step_and_goes_on(tiny_cache)
 def test_bf16_learns_on_cpu(tiny_cache):
     parts, env = build(tiny_cache / "cache", "cpu", amp="bf16")
     assert parts.amp == "bfloat16" and not parts.scaler.is_enabled()
+    assert not parts.optimizer.defaults["fused"]  # the fused AdamW is for CUDA only
     assert_learns(fit_steps(parts, env, 5))
 
 
