@@ -4,7 +4,9 @@ Used by test_ddp.py: with a model that has no BatchNorm or dropout and no augmen
 thing DDP changes is *where* the global batch is computed, so 1 and 2 processes must end with
 the same weights and report the same metrics on every rank.
 
-    [torchrun --nproc_per_node=2] python ddp_step.py CACHE_DIR OUT_DIR
+    [torchrun --nproc_per_node=2] python ddp_step.py CACHE_DIR OUT_DIR [cpu|cuda]
+
+On `cuda` (NCCL), TF32 is switched off so that both runs compute in true fp32.
 """
 
 import contextlib
@@ -22,9 +24,11 @@ from cvpipe.data import read_stats
 from cvpipe.train import TrainConfig, build_loaders, evaluate_split, train_one_epoch
 
 
-def main(cache_dir: str, out_dir: str) -> None:
+def main(cache_dir: str, out_dir: str, device: str = "cpu") -> None:
     torch.set_num_threads(1)
-    env = distributed.init("cpu")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    env = distributed.init(device)
     cfg = TrainConfig(image_size=32, batch_size=8, seed=0)
     train_loader, val_loader = build_loaders(cfg, cache_dir, env)
     train_loader.sampler.set_epoch(0)
@@ -33,12 +37,14 @@ def main(cache_dir: str, out_dir: str) -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, len(stats["classes"])),
-    )  # fmt: skip
-    forward = DistributedDataParallel(model) if env.distributed else model
+    ).to(env.device)  # fmt: skip
+    ids = [env.device] if env.device.type == "cuda" else None
+    forward = DistributedDataParallel(model, device_ids=ids) if env.distributed else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    scaler = torch.amp.GradScaler(env.device.type, enabled=False)
+    mean = torch.tensor(stats["mean"], device=env.device)
+    std = torch.tensor(stats["std"], device=env.device)
 
     def plain(x):
         return eval_transform(x, mean, std)
@@ -54,7 +60,7 @@ def main(cache_dir: str, out_dir: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics-rank{env.rank}.json").write_text(json.dumps({"train": fit, "val": val}))
     if env.is_main:
-        torch.save(model.state_dict(), out / "model.pt")
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     distributed.shutdown()
 
 

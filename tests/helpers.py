@@ -8,12 +8,16 @@ epochs), so only the sizes differ from a user's run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -140,3 +144,34 @@ def kill_tree(root: int) -> None:
     for pid in process_tree(root):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def assert_ddp_step_equals_single_process_step(cache: Path, out: Path, device: str) -> None:
+    """`ddp_step.py` alone and under 2-process torchrun on `device` (gloo on the CPU, NCCL on
+    CUDA): the same weights, and every rank reports the single process's metrics."""
+    script = Path(__file__).with_name("ddp_step.py")
+    one = subprocess.run(
+        [str(BIN / "python"), str(script), str(cache), str(out / "one"), device],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [*torchrun, str(script), str(cache), str(out / "two"), device],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 0, two.stderr
+    a = torch.load(out / "one" / "model.pt", weights_only=True)
+    b = torch.load(out / "two" / "model.pt", weights_only=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    single = json.loads((out / "one" / "metrics-rank0.json").read_text())
+    ranks = [json.loads((out / "two" / f"metrics-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every rank sees the same (reduced) numbers
+    for part in ("train", "val"):
+        for key, value in single[part].items():
+            assert ranks[0][part][key] == pytest.approx(value, abs=1e-5), (part, key)

@@ -1,8 +1,10 @@
 """The augmentation policy: shapes, determinism, and that it is what it claims to be."""
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
+from cvpipe.augment import AugmentPolicy, eval_transform, normalize, to_float, train_transform
 
 MEAN, STD = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
 
@@ -69,3 +71,52 @@ def test_flips_folded_into_the_warp_are_exact_flips():
         assert len(match) == 1
         kinds.add(match[0])
     assert kinds == {"none", "h", "v", "hv"}
+
+
+def rot90_by_index(x, turns):
+    """The earlier rot90 step (indexing the chosen images), kept as the reference."""
+    x = x.clone()
+    for k in (1, 2, 3):
+        chosen = (turns == k).nonzero().squeeze(1)
+        if chosen.numel():
+            x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+    return x
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_rot90_is_the_same_as_rotating_the_chosen_images(channels_last):
+    policy = AugmentPolicy(hflip=True, vflip=True, rot90=True)
+    x = batch(n=32)
+    out = train_transform(x, policy, MEAN, STD, torch.Generator().manual_seed(5), channels_last)
+    # The reference draws the same numbers from the same generator, in the same order.
+    g = torch.Generator().manual_seed(5)
+    flip_x = torch.rand(32, generator=g) < 0.5
+    flip_y = torch.rand(32, generator=g) < 0.5
+    turns = torch.randint(0, 4, (32,), generator=g)
+    ref = rot90_by_index(to_float(x, channels_last), turns)
+    ref = torch.where(flip_x.view(32, 1, 1, 1), ref.flip(3), ref)
+    ref = torch.where(flip_y.view(32, 1, 1, 1), ref.flip(2), ref)
+    assert torch.equal(out, normalize(ref, MEAN, STD))
+    assert set(turns.tolist()) == {0, 1, 2, 3}  # every branch was exercised
+
+
+class OpLog(TorchDispatchMode):
+    """Names of the aten ops run inside the `with` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_augmentation_never_waits_for_the_device():
+    """No op whose result the host must read (each is a GPU sync on CUDA)."""
+    policy = AugmentPolicy(rot90=True, rotate=10, scale=0.1, brightness=0.1, contrast=0.1)
+    with OpLog() as log:
+        train_transform(batch(), policy, MEAN, STD, torch.Generator().manual_seed(0))
+    assert "aten.rot90" in log.ops  # the trace sees the ops
+    syncing = {"aten.nonzero", "aten.item", "aten._local_scalar_dense", "aten.masked_select"}
+    assert not syncing & set(log.ops)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN, CONFIGS, kill_tree, process_tree, snakemake, tool_env
+from helpers import (
+    BIN,
+    CONFIGS,
+    assert_ddp_step_equals_single_process_step,
+    kill_tree,
+    process_tree,
+    snakemake,
+    tool_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,33 +36,7 @@ def history(path: Path) -> list[dict[str, str]]:
 def test_ddp_step_equals_single_process_step(tiny_cache, tmp_path):
     """The real sampler, train step and validation under torchrun: 2 processes on halves of
     each global batch end exactly where 1 process on the whole batch does."""
-    script = Path(__file__).with_name("ddp_step.py")
-    cache = str(tiny_cache / "cache")
-    one = subprocess.run(
-        [str(BIN / "python"), str(script), cache, str(tmp_path / "one")],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert one.returncode == 0, one.stderr
-    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2"]
-    two = subprocess.run(
-        [*torchrun, str(script), cache, str(tmp_path / "two")],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert two.returncode == 0, two.stderr
-    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
-    single = json.loads((tmp_path / "one" / "metrics-rank0.json").read_text())
-    ranks = [json.loads((tmp_path / "two" / f"metrics-rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0] == ranks[1]  # every rank sees the same (reduced) numbers
-    for part in ("train", "val"):
-        for key, value in single[part].items():
-            assert ranks[0][part][key] == pytest.approx(value, abs=1e-5), (part, key)
+    assert_ddp_step_equals_single_process_step(tiny_cache / "cache", tmp_path, "cpu")
 
 
 def test_two_processes_train_like_one(tmp_path):

@@ -11,9 +11,12 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from helpers import BIN, tool_env
 
 from cvpipe import preemption
+from cvpipe.distributed import DistEnv
 from cvpipe.errors import EXIT_PREEMPTED, Preempted
 from cvpipe.train import TrainConfig, train
 
@@ -111,3 +114,30 @@ def test_real_signal_checkpoints_and_exits_75(tiny_cache, uninterrupted, tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert same_weights(tmp_path, uninterrupted)
+
+
+def _stop_step(rank: int, store_file: str, results: str) -> None:
+    """One of two gloo ranks: steps 1..40, rank 1 gets a signal after step 5."""
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    stop = preemption.StopRequest(DistEnv(rank=rank, world_size=2), every=4)
+    stopped_at = None
+    for step in range(1, 41):
+        if rank == 1 and step == 5:
+            stop.signal = signal.SIGUSR1
+        if stop.due(step):
+            stopped_at = step
+            break
+    stop.uninstall()
+    agreed = stop.requested()
+    with open(f"{results}.{rank}", "w") as f:
+        json.dump({"stopped_at": stopped_at, "requested": agreed}, f)
+    dist.destroy_process_group()
+
+
+def test_ranks_stop_at_the_same_step(tmp_path):
+    """The asynchronous check: every rank stops at the same step, soon after the signal."""
+    results = tmp_path / "result"
+    mp.spawn(_stop_step, args=(str(tmp_path / "store"), str(results)), nprocs=2)
+    got = [json.loads((tmp_path / f"result.{r}").read_text()) for r in (0, 1)]
+    # Checks at steps 4, 8, 12: the one at 8 sends rank 1's flag, the one at 12 reads it.
+    assert got == [{"stopped_at": 12, "requested": True}] * 2

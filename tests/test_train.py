@@ -3,15 +3,27 @@
 import csv
 import json
 import logging
+import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
 from helpers import REPO
+from train_steps import assert_learns, build, fit_steps
 
 from cvpipe import checkpoint
+from cvpipe.distributed import DistEnv, pick_device
 from cvpipe.errors import CvpipeError
-from cvpipe.train import TrainConfig, amp_dtype, train, warmup_cosine
+from cvpipe.runfiles import RunFiles
+from cvpipe.train import (
+    TrainConfig,
+    _try_resume,
+    amp_dtype,
+    device_preference,
+    train,
+    warmup_cosine,
+)
 
 TINY = {"model": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}
 
@@ -125,12 +137,128 @@ def test_bf16_autocast_runs_on_cpu(tiny_cache, tmp_path):
     assert prov["training"]["amp_dtype"] == "bfloat16"
 
 
+def test_fp16_with_grad_scaler_skips_an_overflowing_step_and_goes_on(tiny_cache):
+    parts, env = build(tiny_cache / "cache", "cpu", amp="fp16")
+    assert parts.amp == "float16" and parts.scaler.is_enabled()
+    steps = fit_steps(parts, env, 9, overflow_at=5)
+    # The first steps find the scale (2**16 overflows here and backs off); by step 5 it is set.
+    settled, overflow, after = steps[4], steps[5], steps[6:]
+    assert settled.weights_changed
+    assert not overflow.weights_changed  # the overflowing step was skipped
+    assert overflow.scale == settled.scale / 2  # and the scale backed off
+    assert_learns(after)  # then training goes on, finite and learning
+    assert after[-1].loss < steps[0].loss
+
+
+def test_bf16_learns_on_cpu(tiny_cache):
+    parts, env = build(tiny_cache / "cache", "cpu", amp="bf16")
+    assert parts.amp == "bfloat16" and not parts.scaler.is_enabled()
+    assert not parts.optimizer.defaults["fused"]  # the fused AdamW is for CUDA only
+    assert_learns(fit_steps(parts, env, 5))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")),
+    reason="torch.compile on the CPU (inductor) needs a C++ compiler",
+)
+def test_compile_trains_on_cpu(tiny_cache, tmp_path):
+    _, metrics = run(tiny_cache, tmp_path, epochs=1, compile=True)
+    assert 0 <= metrics["val_acc"] <= 1
+    assert all(float(r["train_loss"]) < 10 for r in history(tmp_path))
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod.") for k in weights)  # the plain model is saved
+
+
 def test_amp_policy():
     cpu = torch.device("cpu")
     assert amp_dtype("auto", cpu) is None
     assert amp_dtype("off", cpu) is None
     assert amp_dtype("bf16", cpu) is torch.bfloat16
     assert amp_dtype("fp16", cpu) is torch.float16
+
+
+def test_auto_amp_takes_fp16_where_bf16_is_only_emulated(monkeypatch):
+    cuda = torch.device("cuda")
+
+    def v100(including_emulation: bool = True) -> bool:  # bf16 by emulation only
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", v100)
+    assert amp_dtype("auto", cuda) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_dtype("auto", cuda) is torch.bfloat16  # an A100 or newer
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def test_resume_loads_every_tensor_on_the_cpu(tiny_cache, tmp_path):
+    cfg, _ = run(tiny_cache, tmp_path, epochs=1)
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    identity = state["identity"]
+    # A process whose device is not the CPU ("meta" stands in for a GPU here): RNG states and
+    # all the rest must still come back on the CPU, where restoring them needs them.
+    elsewhere = DistEnv(device=torch.device("meta"))
+    files = RunFiles(tmp_path / "model.pt", tmp_path / "history.csv", elsewhere)
+    resumed = _try_resume(files, identity, cfg)
+    tensors = list(_tensors(resumed))
+    assert len(tensors) > 100  # model, optimizer moments, RNG states
+    assert {t.device.type for t in tensors} == {"cpu"}
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [{"device_type": "cuda", "amp": "off"}, {"device_type": "cpu", "amp": "bfloat16"}],
+    ids=["other-device-type", "other-amp-dtype"],
+)
+def test_checkpoint_from_another_device_or_amp_starts_over(tiny_cache, tmp_path, caplog, runtime):
+    run(tiny_cache, tmp_path, epochs=1)
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = checkpoint.load(last)
+    assert state["identity"]["runtime"] == {"device_type": "cpu", "amp": "off"}
+    state["identity"]["runtime"] = runtime  # as if written by a GPU run / with other AMP
+    checkpoint.save(last, {k: v for k, v in state.items() if k != "format_version"})
+    with caplog.at_level(logging.INFO, logger="cvpipe"):
+        run(tiny_cache, tmp_path, epochs=1)
+    assert (
+        f"it was trained on {runtime['device_type']} with amp {runtime['amp']}, "
+        "this run is on cpu with amp off" in caplog.text
+    )
+    assert "training starts from scratch" in caplog.text and "epoch 1/1" in caplog.text
+    assert checkpoint.load(last)["identity"]["runtime"] == {"device_type": "cpu", "amp": "off"}
+
+
+def test_gpus_0_means_the_cpu_even_where_cuda_exists(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(device_preference(TrainConfig(gpus=0))) == torch.device("cpu")
+    assert pick_device(device_preference(TrainConfig(gpus=1))) == torch.device("cuda", 0)
+    assert pick_device(device_preference(TrainConfig(gpus=0, device="cuda"))).type == "cuda"
+
+
+def test_gpus_0_training_never_initialises_cuda(tiny_cache, tmp_path):
+    script = f"""
+import torch
+from pathlib import Path
+from cvpipe.train import TrainConfig, train
+out = Path({str(tmp_path)!r})
+cfg = TrainConfig.from_dict({{**{TINY!r}, "epochs": 1, "gpus": 0}})
+train(cfg, Path({str(tiny_cache / "cache")!r}), out / "model.pt", out / "history.csv",
+      out / "provenance.json", threads=2)
+print("cuda initialised:", torch.cuda.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "cuda initialised: False" in done.stdout
+    assert json.loads((tmp_path / "provenance.json").read_text())["device"]["type"] == "cpu"
 
 
 def test_warmup_then_cosine():

@@ -93,11 +93,18 @@ def train_transform(
     flip_x = torch.rand(n, generator=generator, device=device) < 0.5 if policy.hflip else no
     flip_y = torch.rand(n, generator=generator, device=device) < 0.5 if policy.vflip else no
     if policy.rot90:
-        turns = torch.randint(0, 4, (n,), generator=generator, device=device)
-        for k in (1, 2, 3):
-            chosen = (turns == k).nonzero().squeeze(1)
-            if chosen.numel():
-                x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+        turns = torch.randint(0, 4, (n,), generator=generator, device=device).view(n, 1, 1, 1)
+        # Every rotation of the whole batch, then a per-image pick: indexing only the chosen
+        # images (`nonzero`) would make the host wait for the GPU on every step.
+        x = torch.where(
+            turns == 1,
+            x.rot90(1, dims=(2, 3)),
+            torch.where(
+                turns == 2,
+                x.rot90(2, dims=(2, 3)),
+                torch.where(turns == 3, x.rot90(3, dims=(2, 3)), x),
+            ),
+        )
     if policy.rotate or policy.scale or policy.translate:
         x = _affine(x, policy, generator, flip_x, flip_y)
     else:  # flips alone need no resampling

@@ -34,7 +34,9 @@ def rng_state() -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only a process that used CUDA has CUDA states worth keeping; asking otherwise would
+        # initialise CUDA in a CPU run (`gpus: 0` on a GPU machine).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -52,7 +54,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
             n["cached_gaussian"],
         )
     )
-    torch.set_rng_state(state["torch"].cpu())  # loading may have mapped it to the GPU
+    torch.set_rng_state(state["torch"].cpu())  # a file loaded with another map_location
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][: torch.cuda.device_count()]])
 

@@ -90,6 +90,17 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
+def host_group(env: DistEnv) -> dist.ProcessGroup | None:
+    """A gloo group over the same ranks, for small flags that the host reads (None alone).
+
+    Its collectives run on CPU tensors, so reading a result never waits for the GPU's queue as
+    `.item()` on a CUDA (NCCL) tensor does. A collective call: every rank must make it.
+    """
+    if not env.distributed:
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def gather_objects(obj, env: DistEnv) -> list:
     """`obj` of every rank, in rank order (a collective; `[obj]` for a world of one)."""
     if not env.distributed:

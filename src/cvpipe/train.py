@@ -51,7 +51,8 @@ MONITORS = ("val_acc", "val_macro_f1", "val_loss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys that say how a run is launched, not what it learns: a checkpoint made with other values
-# still resumes (so a job can move between 1 and N processes).
+# still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
+# they resolve to do count (`runtime` in the resume identity, see `_train`).
 _NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
 
 
@@ -130,8 +131,31 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _native_bf16() else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _native_bf16() -> bool:
+    """Does the current CUDA device do bf16 in hardware (Ampere and newer)?
+
+    Plain `is_bf16_supported()` also counts emulation, which a V100 or T4 offers at a fraction
+    of fp16's speed; `including_emulation` exists since torch 2.3 (older: the plain query).
+    """
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        return torch.cuda.is_bf16_supported()
+
+
+def device_preference(cfg: TrainConfig) -> str:
+    """The device setting `distributed.init` gets: `gpus: 0` means the CPU under `device: auto`.
+
+    Without this, `auto` would train on `cuda:0` wherever a GPU exists, bypassing the GPU locks
+    that `gpus > 0` takes (`cvpipe gpus`); only an explicit `device: cuda` overrides `gpus: 0`.
+    """
+    if cfg.device == "auto" and cfg.gpus == 0:
+        return "cpu"
+    return cfg.device
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -286,12 +310,24 @@ def _normalization(cfg: TrainConfig, stats: dict) -> tuple[list[float], list[flo
     return stats["mean"], stats["std"]
 
 
-def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig, env: DistEnv) -> dict | None:
+def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig) -> dict | None:
     path = files.last_checkpoint
     if cfg.resume == "never" or not path.exists():
         return None
-    state = checkpoint.load(path, map_location=env.device)
-    if state.get("identity") != identity:
+    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
+    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
+    state = checkpoint.load(path, map_location="cpu")
+    saved = state.get("identity") or {}
+    was, now = saved.get("runtime"), identity["runtime"]
+    if was and was != now and {**saved, "runtime": now} == identity:
+        log.warning(
+            "not resuming from %s: it was trained on %s with amp %s, this run is on %s with amp %s"
+            " (random-generator and GradScaler states do not carry over between them); "
+            "training starts from scratch and will overwrite it",
+            path, was["device_type"], was["amp"], now["device_type"], now["amp"],
+        )  # fmt: skip
+        return None
+    if saved != identity:
         log.warning(
             "not resuming from %s: it was made with a different config or data set; "
             "training starts from scratch and will overwrite it",
@@ -371,7 +407,10 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         )
     forward = torch.compile(wrapped) if cfg.compile else wrapped
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # The fused CUDA kernel updates all parameters in a few launches instead of several per
+    # tensor; on the CPU the default implementation stays (what the CPU tests pin down).
+    fused = True if device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     steps = len(train_loader)
     warmup = max(1, round(cfg.warmup_epochs * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -523,7 +562,7 @@ def train(
         # cuBLAS needs this for deterministic matmuls (PyTorch "Reproducibility" notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    env = distributed.init(cfg.device)
+    env = distributed.init(device_preference(cfg))
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
@@ -558,9 +597,12 @@ def _train(
     parts = build_parts(cfg, stats, cache_dir, env)
     files = RunFiles(model_path, history_path, env)
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
-    identity = {"config": cfg.identity(), "data": data_identity}
+    # Device type and autocast dtype are part of what resumes: the augmentation generator's state
+    # differs in kind between CPU and CUDA, and a GradScaler is enabled for fp16 only.
+    runtime = {"device_type": env.device.type, "amp": parts.amp}
+    identity = {"config": cfg.identity(), "data": data_identity, "runtime": runtime}
     start_epoch, history, best, progress = 0, [], None, EpochProgress()
-    resumed = _try_resume(files, identity, cfg, env)
+    resumed = _try_resume(files, identity, cfg)
     if resumed:
         restore(parts, resumed, env)
         history, best = resumed["history"], resumed["best"]
