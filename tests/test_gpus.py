@@ -60,6 +60,65 @@ def test_concurrent_snakemake_jobs_never_share_a_gpu(tmp_path, monkeypatch):
     assert overlapping > 0, "no two jobs ran at the same time: the test exercised nothing"
 
 
+def gpu_intervals(results, name: str) -> list[tuple[str, set[str], float, float]]:
+    """(job, GPU ids it was given, start, finish) of an experiment's train and evaluate jobs."""
+    training = json.loads((results / name / "provenance.json").read_text())["training"]
+    timing = json.loads((results / name / "eval" / "timing.json").read_text())
+    return [
+        (f"{stage} {name}", set((record["cuda_visible_devices"] or "").split(",")), *times)
+        for stage, record in (("train", training), ("evaluate", timing))
+        for times in [(record["started_unix"], record["finished_unix"])]
+    ]
+
+
+@pytest.mark.slow
+def test_evaluate_runs_on_a_locked_gpu_id_and_cpu_experiments_on_the_cpu(tmp_path, monkeypatch):
+    overlay = tmp_path / "gpus.yaml"
+    overlay.write_text(
+        "train:\n  epochs: 1\n  image_size: 24\n"
+        "experiments:\n  ga:\n    gpus: 1\n  gb:\n    gpus: 1\n  gc:\n    gpus: 1\n"
+        "  cpu:\n    gpus: 0\n"
+    )
+    # 2 GPUs as far as the allocator knows; without CUDA, `--device cuda` falls back to the CPU.
+    monkeypatch.setenv("CVPIPE_GPU_COUNT", "2")
+    monkeypatch.setenv("CVPIPE_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    run = ["--resources", "gpu=2", "--set-threads", "train=1", "evaluate=1"]
+    configs = [*CONFIGS, overlay]
+    # Training first, so that the evaluations are all ready at once and compete for the 2 ids.
+    trained = [f"results/{name}/provenance.json" for name in ("ga", "gb", "gc", "cpu")]
+    snakemake(tmp_path, *trained, *run, configfiles=configs, cores=4)
+    targets = [f"results/{name}/eval/timing.json" for name in ("ga", "gb", "gc", "cpu")]
+    proc = snakemake(tmp_path, *targets, *run, "--printshellcmds", configfiles=configs, cores=4)
+    results = tmp_path / "results"
+    jobs = [job for name in ("ga", "gb", "gc") for job in gpu_intervals(results, name)]
+    for job, ids, _, _ in jobs:
+        assert len(ids) == 1 and ids <= {"0", "1"}, f"{job} ran on GPU ids {ids}"
+    overlapping = []
+    for (a, ids_a, start_a, end_a), (b, ids_b, start_b, end_b) in itertools.combinations(jobs, 2):
+        if start_a < end_b and start_b < end_a:
+            overlapping.append((a, b))
+            assert not ids_a & ids_b, f"{a} and {b} ran at the same time on GPU {ids_a & ids_b}"
+    assert any(a.startswith("evaluate") and b.startswith("evaluate") for a, b in overlapping), (
+        f"no two evaluations ran at the same time: the test exercised nothing ({overlapping})"
+    )
+    for name in ("ga", "gb", "gc"):
+        log = (results / "logs" / "evaluate" / f"{name}.log").read_text()
+        assert "device cuda asked for, but no CUDA device is visible" in log  # warned, not crashed
+
+    # The CPU experiment's evaluation is told so, and was not given (or shown) any GPU.
+    shell = proc.stdout + proc.stderr
+    (cpu_command,) = [line for line in shell.splitlines() if "--metrics results/cpu/" in line]
+    assert "python -m cvpipe evaluate --device cpu " in cpu_command
+    assert "cvpipe gpus" not in cpu_command
+    timing = json.loads((results / "cpu" / "eval" / "timing.json").read_text())
+    assert timing["device"] == "cpu" and timing["cuda_visible_devices"] is None
+    gpu_commands = [line for line in shell.splitlines() if "--metrics results/g" in line]
+    assert len(gpu_commands) == 3
+    for command in gpu_commands:
+        assert "cvpipe gpus --count 1 -- python -m cvpipe evaluate --device cuda " in command
+
+
 def test_killed_job_frees_its_ids(tmp_path):
     env = {"CVPIPE_GPU_COUNT": "4", "CVPIPE_GPU_LOCK_DIR": str(tmp_path)}
     holder = gpus_cli("--count", "3", "--", "sleep", "60", env=env)
