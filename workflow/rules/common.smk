@@ -107,6 +107,12 @@ def train_gpu_model(wildcards):
     return config.get("slurm_gpu_model", "") if train_gpus(wildcards) else ""
 
 
+def train_mem_mb(wildcards):
+    """Memory grows with the GPUs (each DDP process holds its own loader and model copy); a CPU
+    experiment asks for one GPU's worth."""
+    return max(1, train_gpus(wildcards)) * config["train_mem_mb_per_gpu"]
+
+
 def evaluate_gpus(wildcards):
     """One GPU for a GPU experiment's evaluation (its `gpu` resource), none for a CPU one."""
     return min(train_gpus(wildcards), 1)
