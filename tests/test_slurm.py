@@ -220,7 +220,8 @@ def test_multinode_example_runs_on_one_node_and_plans_two(cluster, tmp_path):
         check=True,
     )
     words = shlex.split(planned.stdout)
-    assert words[:3] == ["srun", "--ntasks-per-node=1", "torchrun"]
+    relay = ["python", "-m", "cvpipe.relay", "--"]  # SIGUSR1 to the workers, not torchrun
+    assert words[:7] == ["srun", "--ntasks-per-node=1", *relay, "torchrun"]
     for word in (
         "--nnodes=2",
         "--nproc_per_node=4",
