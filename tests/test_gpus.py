@@ -5,9 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from helpers import BIN, CONFIGS, snakemake
@@ -170,3 +174,86 @@ def test_asking_for_more_gpus_than_exist_is_an_error(tmp_path):
     proc = gpus_cli("--count", "3", "--total", "2", "--lock-dir", str(tmp_path), "--", "true")
     assert proc.wait(timeout=30) == 1
     assert "needs 3 GPU(s) but only 2 exist here" in proc.stderr.read()
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to act as a second user"
+)
+def test_a_second_user_takes_ids_in_the_first_users_lock_folder():
+    # Under /tmp, not tmp_path: pytest's folders are private (0700) to the user running it.
+    shared = Path(tempfile.mkdtemp(prefix="cvpipe-gpu-users-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        locks = shared / "locks"
+        env = {"CVPIPE_GPU_COUNT": "3", "CVPIPE_GPU_LOCK_DIR": str(locks)}
+        # root, with the usual umask, makes the folder and the lock files of ids 0 and 1 ...
+        first = gpus_cli("--count", "2", "--", "true", env=env, preexec_fn=lambda: os.umask(0o022))
+        assert first.wait(timeout=60) == 0, first.stderr.read()
+        assert stat.S_IMODE(locks.stat().st_mode) == 0o1777
+        made = sorted(locks.glob("gpu-*.lock"))
+        assert [p.name for p in made] == ["gpu-0.lock", "gpu-1.lock"]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 for p in made)
+        # ... and id 2's file is a 0644 one, as an older cvpipe left them.
+        (locks / "gpu-2.lock").touch(mode=0o644)
+        os.chmod(locks / "gpu-2.lock", 0o644)
+        # Another user then takes all three ids: opens root's files and makes none of their own.
+        second = subprocess.run(
+            [*NOBODY, str(BIN / "python"), "-m", "cvpipe", "gpus", "--count", "3", "--timeout",
+             "10", "--", "sh", "-c", "id -u; echo $CUDA_VISIBLE_DEVICES"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.split() == ["65534", "0,1,2"]
+    finally:
+        shutil.rmtree(shared)
+
+
+def nvidia_smi_shim(folder: Path) -> Path:
+    """A test stand-in for the driver query, not nvidia-smi: answers `--query-gpu=index,uuid`
+    with the GPUs in $SHIM_GPUS ("index=uuid ..."), i.e. what one SLURM job's nvidia-smi shows."""
+    shim = folder / "nvidia-smi"
+    shim.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --query-gpu=index,uuid) ;; *) exit 9 ;; esac\n'
+        'for gpu in $SHIM_GPUS; do echo "${gpu%%=*}, ${gpu#*=}"; done\n'
+    )
+    shim.chmod(0o755)
+    return folder
+
+
+def test_slurm_jobs_wait_only_for_the_same_physical_gpu(tmp_path):
+    (tmp_path / "bin").mkdir()
+    shim = nvidia_smi_shim(tmp_path / "bin")
+    locks = tmp_path / "locks"
+
+    def job(uuid: str, *command: str) -> subprocess.Popen:
+        """A SLURM job that sees one GPU as id 0: which physical one, the shim says."""
+        env = {
+            "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+            "SHIM_GPUS": f"0={uuid}",
+            "CUDA_VISIBLE_DEVICES": "0",
+            "CVPIPE_GPU_LOCK_DIR": str(locks),
+        }
+        return gpus_cli("--count", "1", *command, env=env)
+
+    holder = job("GPU-aaaa", "--", "sleep", "60")
+    try:
+        deadline = time.time() + 30
+        while not (locks / "gpu-GPU-aaaa.lock").exists():  # keyed by the UUID, not by "0"
+            assert holder.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
+        other_gpu = job(
+            "GPU-bbbb", "--timeout", "3", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"
+        )
+        assert other_gpu.wait(timeout=30) == 0, other_gpu.stderr.read()
+        assert other_gpu.stdout.read().strip() == "0"  # the job's own numbering, unchanged
+        same_gpu = job("GPU-aaaa", "--timeout", "1", "--", "true")
+        assert same_gpu.wait(timeout=30) == 1
+        assert "no 1 free GPU(s)" in same_gpu.stderr.read()
+    finally:
+        holder.kill()
+        holder.wait()
