@@ -207,6 +207,15 @@ def test_a_second_user_takes_ids_in_the_first_users_lock_folder():
         )  # fmt: skip
         assert second.returncode == 0, second.stderr
         assert second.stdout.split() == ["65534", "0,1,2"]
+        # A file nobody else may read is reported as such, not as a traceback.
+        os.chmod(locks / "gpu-2.lock", 0o600)
+        third = subprocess.run(
+            [*NOBODY, str(BIN / "python"), "-m", "cvpipe", "gpus", "--count", "3", "--", "true"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert third.returncode == 1
+        assert f"cannot open the GPU lock file {locks / 'gpu-2.lock'}" in third.stderr
+        assert "Traceback" not in third.stderr
     finally:
         shutil.rmtree(shared)
 

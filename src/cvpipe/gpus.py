@@ -139,6 +139,11 @@ def _open_lock_file(path: Path) -> int:
             return os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             pass
+        except PermissionError:
+            raise CvpipeError(
+                f"cannot open the GPU lock file {path}: another user made it unreadable; ask its "
+                "owner to `chmod 666` it (or to remove it while no job runs)"
+            ) from None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
