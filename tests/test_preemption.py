@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import time
@@ -141,3 +142,52 @@ def test_ranks_stop_at_the_same_step(tmp_path):
     got = [json.loads((tmp_path / f"result.{r}").read_text()) for r in (0, 1)]
     # Checks at steps 4, 8, 12: the one at 8 sends rank 1's flag, the one at 12 reads it.
     assert got == [{"stopped_at": 12, "requested": True}] * 2
+
+
+@pytest.fixture(scope="module")
+def longer_cache(tmp_path_factory):
+    """80 images per class: 40 DDP steps per epoch at batch 4, so the ranks (which compare stop
+    flags every 10 steps) surely stop mid-epoch."""
+    from cvpipe.index import write_index
+    from cvpipe.preprocess import preprocess
+    from cvpipe.synth import make_dataset
+
+    work = tmp_path_factory.mktemp("longer_cache")
+    make_dataset(work / "data", images_per_class=80, size=40, seed=0)
+    split = {"train": 0.5, "val": 0.25, "test": 0.25}
+    write_index(work / "data", work / "manifest.csv", work / "bad.csv", split, seed=0)
+    preprocess(work / "manifest.csv", work / "data", work / "cache", size=32)
+    return work / "cache"
+
+
+@pytest.mark.slow
+def test_sigusr1_to_torchrun_under_the_relay_checkpoints_the_workers(longer_cache, tmp_path):
+    """profiles/slurm/multinode.sbatch's launch line (relay + torchrun, 2 gloo workers): SLURM
+    signals the step's process group, i.e. the relay and torchrun but not the workers (sessions
+    of their own). torchrun must survive, and the workers must checkpoint mid-epoch and exit 75."""
+    settings = {**SETTINGS, "batch_size": 4, "ddp_processes": 2}  # 2 per process (BatchNorm)
+    cmd = [
+        str(BIN / "python"), "-m", "cvpipe.relay", "--",
+        str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "cvpipe", "train",
+        "--config", json.dumps(settings), "--cache-dir", str(longer_cache),
+        "--model", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
+        "--threads", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    last = tmp_path / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists():  # epoch 1 done: the signal comes early in epoch 2
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["progress"]["batches"] < 40, state["progress"]
+    assert "stopped by SIGUSR1 in epoch 2 after" in err, err[-3000:]
+    # torchrun outlived the signal and reports how each worker ended: 75, "try again".
+    assert err.count(f"exitcode  : {EXIT_PREEMPTED} ") == 2, err[-3000:]
+    assert proc.returncode != 0

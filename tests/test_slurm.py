@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -46,7 +47,9 @@ def profile(tmp_path_factory) -> Path:
     settings["slurm-no-account"] = True
     settings["config"]["slurm_gpu_model"] = GPU_TYPE  # SITE
     settings["default-resources"]["mem_mb"] = 500
-    settings["set-resources"]["train"].update(mem_mb=1500, cpus_per_gpu=2)
+    settings["config"]["train_mem_mb_per_gpu"] = 750  # a 2-GPU training asks for 1500
+    settings["set-resources"]["train"].update(cpus_per_gpu=2)
+    settings["set-resources"]["evaluate"].update(cpus_per_gpu=2)
     settings["latency-wait"] = 5
     settings["slurm-init-seconds-before-status-checks"] = 2
     folder = tmp_path_factory.mktemp("profile")
@@ -63,6 +66,11 @@ def slurm_snakemake(workdir: Path, profile: Path, *args: str, overlays=()) -> li
 
 def rule_of(job: dict[str, str]) -> str:
     return job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def of_job(rule: str, experiment: str, line: str) -> bool:
+    """Whether a logged sbatch call is the job of `rule` for exactly `experiment`."""
+    return re.search(rf"rule_{rule}_wildcards_{re.escape(experiment)}(?!\w)", line) is not None
 
 
 def test_pipeline_runs_as_slurm_jobs_and_matches_a_local_run(cluster, profile, tiny_run, tmp_path):
@@ -107,12 +115,27 @@ def test_pipeline_runs_as_slurm_jobs_and_matches_a_local_run(cluster, profile, t
     ):
         assert flag in sbatch, sbatch
     assert "--ntasks-per-gpu" not in sbatch
+    sbatch_lines = [
+        line
+        for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+        if "sbatch call:" in line
+    ]
+    # Memory grows with the GPUs: a CPU experiment's training asks for one GPU's worth.
+    (cpu_train,) = [line for line in sbatch_lines if of_job("train", "resnet18", line)]
+    assert "--mem 750" in cpu_train and "--gpus" not in cpu_train, cpu_train
+    # The GPU experiment's evaluation asks SLURM for one GPU, the CPU experiment's for none.
+    (gpu_eval,) = [line for line in sbatch_lines if of_job("evaluate", "gpu2", line)]
+    assert f"--gpus={GPU_TYPE}:1" in gpu_eval and "--cpus-per-gpu=2" in gpu_eval, gpu_eval
+    (cpu_eval,) = [line for line in sbatch_lines if of_job("evaluate", "resnet18", line)]
+    assert "--gpus" not in cpu_eval, cpu_eval
     (gpu_job,) = [j for j in jobs if j["Comment"] == "rule_train_wildcards_gpu2"]
     assert gpu_job["NumTasks"] == "1"
     assert f"gpu:{GPU_TYPE}:2" in gpu_job["TresPerJob"]  # the job's GPU request, as SLURM saw it
     training = json.loads((tmp_path / "results/gpu2/provenance.json").read_text())["training"]
     assert training["world_size"] == 2  # torchrun inside the one task, one process per GPU
     assert training["cuda_visible_devices"] == "0,1"  # SLURM's allocation, honoured
+    timing = json.loads((tmp_path / "results/gpu2/eval/timing.json").read_text())
+    assert timing["cuda_visible_devices"] == "0"  # one of the GPUs SLURM gave the job
 
 
 def test_sigusr1_checkpoints_and_the_retry_ends_like_an_uninterrupted_run(
@@ -197,7 +220,8 @@ def test_multinode_example_runs_on_one_node_and_plans_two(cluster, tmp_path):
         check=True,
     )
     words = shlex.split(planned.stdout)
-    assert words[:3] == ["srun", "--ntasks-per-node=1", "torchrun"]
+    relay = ["python", "-m", "cvpipe.relay", "--"]  # SIGUSR1 to the workers, not torchrun
+    assert words[:7] == ["srun", "--ntasks-per-node=1", *relay, "torchrun"]
     for word in (
         "--nnodes=2",
         "--nproc_per_node=4",

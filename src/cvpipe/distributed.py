@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import logging
 import os
 import signal
 import sys
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,17 @@ class DistEnv:
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> this rank's CUDA device if there is one, else CPU; `cpu`/`cuda` force it."""
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+    """`auto` -> this rank's CUDA device if there is one, else CPU; `cpu` forces the CPU.
+
+    `cuda` without a visible CUDA device falls back to the CPU with a warning instead of failing:
+    a GPU experiment's jobs ask for `cuda` (cvpipe.launch), and the same workflow must still run
+    where the allocator's GPUs are only counted (CVPIPE_GPU_COUNT on a CPU machine, the tests).
+    """
+    if preference == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if preference == "cuda":
+            log.warning("device cuda asked for, but no CUDA device is visible: using the CPU")
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
 

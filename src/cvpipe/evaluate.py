@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import time
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def predict(
     return torch.cat(probs).numpy(), torch.cat(labels).numpy(), images_per_s, timed_images
 
 
+def job_record(started_unix: float) -> dict:
+    """Which GPU ids the job was given (`cvpipe gpus`) and when it ran, for timing.json: what
+    shows that concurrent evaluations never shared a GPU, as provenance.json does for training."""
+    return {
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "started_unix": started_unix,
+        "finished_unix": time.time(),
+    }
+
+
 def evaluate(
     model_path: str | Path,
     cache_dir: str | Path,
@@ -112,6 +123,7 @@ def evaluate(
     threads: int | None = None,
 ) -> dict:
     """Evaluate the model on the test split and write the three outputs; returns the metrics."""
+    started_unix = time.time()
     if threads:
         torch.set_num_threads(threads)
     dev = pick_device(device)
@@ -148,6 +160,7 @@ def evaluate(
             "batch_size": batch_size,
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            **job_record(started_unix),
         },
     )
     return metrics

@@ -18,7 +18,7 @@ sys.path.insert(0, SRC)
 from cvpipe import jobenv, stagecode
 from cvpipe.config import config_errors, experiment_config
 from cvpipe.datatree import tree_fingerprint
-from cvpipe.launch import train_launcher
+from cvpipe.launch import evaluate_launcher, train_launcher
 
 _problems = config_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
 if _problems:
@@ -107,6 +107,26 @@ def train_gpu_model(wildcards):
     return config.get("slurm_gpu_model", "") if train_gpus(wildcards) else ""
 
 
+def train_mem_mb(wildcards):
+    """Memory grows with the GPUs (each DDP process holds its own loader and model copy); a CPU
+    experiment asks for one GPU's worth."""
+    return max(1, train_gpus(wildcards)) * config["train_mem_mb_per_gpu"]
+
+
+def evaluate_gpus(wildcards):
+    """One GPU for a GPU experiment's evaluation (its `gpu` resource), none for a CPU one."""
+    return min(train_gpus(wildcards), 1)
+
+
+def evaluate_launch(wildcards):
+    """`cvpipe evaluate --device cpu`, or `--device cuda` behind the GPU-id allocator."""
+    return evaluate_launcher(evaluate_gpus(wildcards))
+
+
+def evaluate_gpu_model(wildcards):
+    return config.get("slurm_gpu_model", "") if evaluate_gpus(wildcards) else ""
+
+
 @functools.cache
 def stage_code(*commands):
     """`module:hash` of the code `python -m cvpipe <command>` runs: a rule's `code` param, so a
@@ -117,6 +137,10 @@ def stage_code(*commands):
 def train_code(wildcards):
     """A GPU experiment's job also runs `cvpipe gpus` before `cvpipe train`."""
     return stage_code(*(["gpus"] if train_gpus(wildcards) else []), "train")
+
+
+def evaluate_code(wildcards):
+    return stage_code(*(["gpus"] if evaluate_gpus(wildcards) else []), "evaluate")
 
 
 # Stages whose code fingerprint the comparison reports; training's comes from each

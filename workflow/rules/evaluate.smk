@@ -1,4 +1,6 @@
 # Stage 5: test-split metrics, predictions and inference speed of the trained model.
+# A GPU experiment's evaluation runs on one GPU id locked by `cvpipe gpus` (`gpu` resource 1);
+# a CPU experiment's runs with --device cpu and never touches CUDA (params.launch).
 
 
 rule evaluate:
@@ -13,13 +15,17 @@ rule evaluate:
     log:
         "results/logs/evaluate/{experiment}.log",
     params:
+        launch=evaluate_launch,
         cache_dir=cache_dir,
-        code=stage_code("evaluate"),
+        code=evaluate_code,
+    resources:
+        gpu=evaluate_gpus,
+        gpu_model=evaluate_gpu_model,
     threads: 4
     conda:
         ENV
     shell:
-        "python -m cvpipe evaluate --model {input.model} --cache-dir {params.cache_dir}"
+        "{params.launch} --model {input.model} --cache-dir {params.cache_dir}"
         " --manifest {input.manifest} --metrics {output.metrics}"
         " --predictions {output.predictions} --timing {output.timing}"
         " --threads {threads} > {log} 2>&1"

@@ -3,7 +3,7 @@
 # keeps them and the rerun resumes from the last epoch).
 # `gpu` is the experiment's `gpus`: `--resources gpu=N` caps GPUs in use, and `cvpipe gpus`
 # (in params.launch) gives each job distinct GPU ids. gpus > 1 or ddp_processes > 1 runs DDP
-# under torchrun.
+# under torchrun. `mem_mb` is train_mem_mb_per_gpu times the GPUs.
 
 
 rule train:
@@ -25,6 +25,7 @@ rule train:
     resources:
         gpu=train_gpus,
         gpu_model=train_gpu_model,
+        mem_mb=train_mem_mb,
     threads: 4
     conda:
         ENV
