@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -188,6 +189,9 @@ def test_sigusr1_to_torchrun_under_the_relay_checkpoints_the_workers(longer_cach
     state = torch.load(last, weights_only=True)
     assert state["epoch"] == 1 and 0 < state["progress"]["batches"] < 40, state["progress"]
     assert "stopped by SIGUSR1 in epoch 2 after" in err, err[-3000:]
-    # torchrun outlived the signal and reports how each worker ended: 75, "try again".
-    assert err.count(f"exitcode  : {EXIT_PREEMPTED} ") == 2, err[-3000:]
+    # torchrun outlived the signal and reports how the workers ended: the first to leave with
+    # 75 ("try again"); torchrun may SIGTERM the other as it leaves, but only after the barrier
+    # that follows rank 0's checkpoint (so the checkpoint above is complete either way).
+    codes = re.findall(r"exitcode\s+: (-?\d+) ", err)
+    assert str(EXIT_PREEMPTED) in codes and set(codes) <= {str(EXIT_PREEMPTED), "-15"}, err[-3000:]
     assert proc.returncode != 0

@@ -638,6 +638,9 @@ def _train(
             if row is None:
                 state = training_state(parts, epoch, history, best, identity, cfg, env, progress)
                 files.save_checkpoint(files.last_checkpoint, state)
+                # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
+                # possibly before its checkpoint is on disk.
+                distributed.barrier(env)
                 raise Preempted(
                     f"stopped by {stop.describe()} in epoch {epoch + 1} after {progress.batches} "
                     f"of {len(parts.train_loader)} batches; checkpointed to "
