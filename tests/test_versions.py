@@ -144,3 +144,16 @@ def test_make_builds_the_image_named_in_versions_yaml():
             ["make", "-n", target, "ENGINE=docker"], cwd=REPO, capture_output=True, text=True
         )
         assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_images_can_compile_at_run_time():
+    """`compile: true` in the container: Triton builds a C helper per GPU and inductor C++
+    kernels on the CPU at run time, which needs a C/C++ compiler and the Python headers."""
+    python = re.search(r"^ARG PYTHON_VERSION=(\S+)$", DOCKERFILE.read_text(), flags=re.M)[1]
+    docker_runs = " ".join(a for n, a in instructions(DOCKERFILE.read_text()) if n == "RUN")
+    definition = (REPO / "containers" / "cvpipe.def").read_text()
+    for needed in ("gcc", "g++"):
+        assert re.search(rf"\s{re.escape(needed)}\s", docker_runs), needed
+        assert re.search(rf"\s{re.escape(needed)}\s", definition), needed
+    assert '"python${PYTHON_VERSION}-dev"' in docker_runs
+    assert f"python{python}-dev" in definition
