@@ -166,3 +166,21 @@ def test_cvpipe_code_lists_modules():
     fingerprint = stagecode.short(hashes(PACKAGE, "plots"))
     assert proc.stdout.splitlines()[0] == f"plots: {fingerprint}"
     assert any(line.split()[0] == "plots" for line in proc.stdout.splitlines()[1:])
+
+
+def test_the_cache_file_spares_parsing_and_is_never_stale(package, tmp_path):
+    cache = tmp_path / "code-fingerprint.json"
+    first = stagecode.stage_hashes(["plots"], package, cache)
+    assert cache.exists()
+    # A new process (the next `snakemake`): nothing in memory, the file answers.
+    stagecode._CACHES.clear()
+    stagecode._parse.cache_clear()
+    assert stagecode.stage_hashes(["plots"], package, cache) == first
+    assert stagecode._parse.cache_info().currsize == 0  # not one module was parsed
+    with open(package / "plots.py", "a") as f:
+        f.write("\n_CHANGED = True\n")
+    changed = stagecode.stage_hashes(["plots"], package, cache)
+    assert changed["plots"] != first["plots"] and changed["errors"] == first["errors"]
+    cache.write_text("{not json")
+    stagecode._CACHES.clear()
+    assert stagecode.stage_hashes(["plots"], package, cache) == changed

@@ -14,8 +14,9 @@ reruns a stage and everything after it when its code changes, and `snakemake -n`
 (`before: '... plots:1f3a… ...' now: '... plots:9c02… ...'`). Jobs log the fingerprint of the
 code they imported, and training records it in `provenance.json`.
 
-Imported by the Snakefile at parse time: standard library only. Results are cached per process
-(one parse of the workflow computes each stage once).
+Imported by the Snakefile at parse time: standard library (and `atomic`) only. Results are
+cached per process and, given a cache file, per file state between processes: an unchanged
+package costs the workflow one `stat` per module.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from cvpipe import atomic
 
 PACKAGE = "cvpipe"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -167,39 +171,102 @@ def _cli_piece(package_dir: Path, command: str, cli: ast.Module) -> ast.Module:
     return _cli_slice(cli, command)
 
 
-def _stage_hashes(commands: tuple[str, ...], package_dir: Path) -> dict[str, str]:
+class _DiskCache:
+    """Results per file state (path, mtime, size, inode), kept in a JSON file between runs, so
+    that a parse of the workflow stats the modules instead of parsing them. Entries are only
+    valid for the stagecode.py that wrote them (its own hash is the cache's version)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self.version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        self.entries: dict[str, list] = {}
+        self.used: set[str] = set()
+        self.changed = False
+        if self.path:
+            try:
+                saved = json.loads(self.path.read_text())
+                if saved.get("version") == self.version:
+                    self.entries = saved["entries"]
+            except (OSError, ValueError, KeyError, AttributeError):
+                pass
+
+    def get(self, key: str, compute: Callable[[], list]) -> list:
+        self.used.add(key)
+        if key not in self.entries:
+            self.entries[key] = compute()
+            self.changed = True
+        return self.entries[key]
+
+    def save(self) -> None:
+        """Write the entries this process used (stale file states drop out)."""
+        if self.path and self.changed:
+            kept = {key: self.entries[key] for key in self.used}
+            atomic.write_text(self.path, json.dumps({"version": self.version, "entries": kept}))
+            self.changed = False
+
+
+def _key(package_dir: Path, module: str, part: str = "") -> str:
+    path = _module_file(package_dir, module)
+    if path is None:
+        raise FileNotFoundError(f"{PACKAGE}.{module}: no such module in {package_dir}")
+    st = path.stat()
+    return f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}|{part}"
+
+
+def _stage_hashes(
+    commands: tuple[str, ...], package_dir: Path, cache: _DiskCache
+) -> dict[str, str]:
     hashes: dict[str, str] = {}
     todo: list[str] = ["__init__", "__main__"]
-    cli = _tree(package_dir, _CLI)
     for command in commands:
-        digest, imports = _analyse(package_dir, _CLI, _cli_piece(package_dir, command, cli))
+        digest, imports = cache.get(
+            _key(package_dir, _CLI, command),
+            lambda c=command: list(
+                _analyse(package_dir, _CLI, _cli_piece(package_dir, c, _tree(package_dir, _CLI)))
+            ),
+        )
         hashes[f"{_CLI}[{command}]"] = digest
         todo.extend(imports)
     while todo:
         module = todo.pop()
         if module in hashes or module == _CLI:
             continue
-        hashes[module], imports = _analyse(package_dir, module, _tree(package_dir, module))
+        hashes[module], imports = cache.get(
+            _key(package_dir, module),
+            lambda m=module: list(_analyse(package_dir, m, _tree(package_dir, m))),
+        )
         todo.extend(imports)
     return hashes
 
 
+_CACHES: dict[str, _DiskCache] = {}
+
+
 def stage_hashes(
-    commands: Iterable[str], package_dir: str | os.PathLike[str] = PACKAGE_DIR
+    commands: Iterable[str],
+    package_dir: str | os.PathLike[str] = PACKAGE_DIR,
+    cache_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """`{module: sha256}` of the code that `python -m cvpipe <command>` runs, for each command.
 
     Modules are named relative to the package (`plots`, `__init__`); the slice of cli.py for a
     command is `cli[<command>]`. Raises FileNotFoundError if a command has no `run_<command>`.
+    `cache_file` (JSON) keeps the results per file state between processes, as the workflow
+    does, so an unchanged package costs one `stat` per module.
     """
     package_dir = Path(package_dir).resolve()
     commands = tuple(commands)
-    cli = _tree(package_dir, _CLI)
-    functions = [n.name for n in cli.body if isinstance(n, ast.FunctionDef)]
+    cache = _CACHES.setdefault(str(cache_file), _DiskCache(cache_file))
+    functions = cache.get(
+        _key(package_dir, _CLI, "functions"),
+        lambda: [n.name for n in _tree(package_dir, _CLI).body if isinstance(n, ast.FunctionDef)],
+    )
     for command in commands:
         if not any(_belongs_to(name, [command]) for name in functions):
             raise FileNotFoundError(f"{PACKAGE}.cli has no run_{command}: no such command")
-    return _stage_hashes(commands, package_dir)
+    hashes = _stage_hashes(commands, package_dir, cache)
+    cache.save()
+    return hashes
 
 
 def summary(hashes: dict[str, str]) -> str:

@@ -13,6 +13,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 # and every job does too (cvpipe.jobenv), also in a container or conda env.
 SRC = os.path.join(workflow.basedir, "src")
 PACKAGE = os.path.join(SRC, "cvpipe")
+CODE_CACHE = "results/.cache/code-fingerprint.json"  # per file state, like the data's
 sys.path.insert(0, SRC)
 
 from cvpipe import jobenv, stagecode
@@ -72,7 +73,9 @@ def data_fingerprint(wildcards):
     return tree_fingerprint(data_root(), "results/.cache/data-fingerprint.json")
 
 
+@functools.cache
 def train_settings(experiment):
+    """An experiment's resolved settings (defaults merged once per parse; read-only)."""
     return experiment_config(config, experiment)
 
 
@@ -131,7 +134,7 @@ def evaluate_gpu_model(wildcards):
 def stage_code(*commands):
     """`module:hash` of the code `python -m cvpipe <command>` runs: a rule's `code` param, so a
     change to that code reruns the stage and what follows (cvpipe.stagecode). Once per parse."""
-    return stagecode.summary(stagecode.stage_hashes(commands, PACKAGE))
+    return stagecode.summary(stagecode.stage_hashes(commands, PACKAGE, CODE_CACHE))
 
 
 def train_code(wildcards):
@@ -151,7 +154,8 @@ REPORTED_STAGES = (["synth"] if USE_BUILTIN else []) + ["index", "preprocess", "
 def report_stage_code(stages):
     """`--stage-code stage=fingerprint` words for the comparison's provenance table."""
     return " ".join(
-        f"--stage-code {stage}={stagecode.short(stagecode.stage_hashes([stage], PACKAGE))}"
+        f"--stage-code {stage}="
+        + stagecode.short(stagecode.stage_hashes([stage], PACKAGE, CODE_CACHE))
         for stage in [*stages, "compare"]
     )
 
