@@ -152,10 +152,15 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ast.Module:
     return tree
 
 
-def _tree(package_dir: Path, module: str) -> ast.Module:
+def _existing_file(package_dir: Path, module: str) -> Path:
     path = _module_file(package_dir, module)
     if path is None:
         raise FileNotFoundError(f"{PACKAGE}.{module}: no such module in {package_dir}")
+    return path
+
+
+def _tree(package_dir: Path, module: str) -> ast.Module:
+    path = _existing_file(package_dir, module)
     st = path.stat()
     return _parse(path, st.st_mtime_ns, st.st_size)
 
@@ -206,9 +211,7 @@ class _DiskCache:
 
 
 def _key(package_dir: Path, module: str, part: str = "") -> str:
-    path = _module_file(package_dir, module)
-    if path is None:
-        raise FileNotFoundError(f"{PACKAGE}.{module}: no such module in {package_dir}")
+    path = _existing_file(package_dir, module)
     st = path.stat()
     return f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}|{part}"
 
