@@ -8,10 +8,12 @@ which holds because the temporary file lives in the target's directory.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,23 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write `obj` as indented JSON (keys in insertion order, trailing newline)."""
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike[str],
+    fieldnames: Sequence[str],
+    rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+) -> None:
+    """Atomically write a CSV with a header line; a row is a mapping by column or a sequence.
+
+    A mapping with a key outside `fieldnames`, or a sequence of another length, is an error.
+    Lines end in a bare newline whatever the platform, so the files hash the same everywhere.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            row if isinstance(row, Mapping) else dict(zip(fieldnames, row, strict=True))
+        )
+    write_text(path, buf.getvalue())

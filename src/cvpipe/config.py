@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,17 @@ import jsonschema
 import yaml
 
 
-def _where(path) -> str:
+def _where(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
 def _describe(error: jsonschema.ValidationError) -> list[str]:
     where = _where(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = list(schema.get("properties", {}))
+        instance = error.instance if isinstance(error.instance, Mapping) else {}
+        extra = [k for k in instance if k not in allowed]
         lines = []
         for key in extra:
             close = difflib.get_close_matches(key, allowed, n=1)

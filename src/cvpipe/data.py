@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ class CacheSplit(Dataset):
         return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx])
 
 
-def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _keep_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn: `__getitems__` already returns a collated batch."""
     return batch
 
@@ -122,14 +123,15 @@ def build_loader(
     last incomplete batch is dropped; evaluation batches cover every sample once across ranks.
     """
     if train:
-        sampler: Sampler[int] = DistributedSampler(
+        shuffled: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
         )
-        if len(sampler) < batch_size:
+        if len(shuffled) < batch_size:
             raise CvpipeError(
                 f"the training split has {len(dataset)} images, fewer than one batch of "
                 f"{batch_size * world_size}; lower batch_size or add data."
             )
+        sampler: Sampler[int] = shuffled
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(

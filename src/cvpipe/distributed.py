@@ -110,7 +110,9 @@ def host_group(env: DistEnv) -> dist.ProcessGroup | None:
     """
     if not env.distributed:
         return None
-    return dist.new_group(backend="gloo")
+    group = dist.new_group(backend="gloo")
+    assert isinstance(group, dist.ProcessGroup), group  # -100 only for non-members
+    return group
 
 
 def gather_objects(obj, env: DistEnv) -> list:

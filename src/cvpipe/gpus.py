@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -63,7 +64,7 @@ def total_setting() -> int | None:
 
 
 def count_gpus() -> int:
-    """Number of GPUs the driver reports (0 without one): nvidia-smi, else torch."""
+    """Number of GPUs the driver reports (0 without one): nvidia-smi, else torch (in a child)."""
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -72,11 +73,13 @@ def count_gpus() -> int:
                 return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
         except (OSError, subprocess.SubprocessError):
             pass
+    # No nvidia-smi (some containers): ask torch in a child process, so this module and the
+    # launcher that execs the job never import torch or initialise CUDA themselves.
+    probe = [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"]
     try:
-        import torch
-
-        return torch.cuda.device_count()
-    except ImportError:
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+        return int(out.stdout.strip()) if out.returncode == 0 else 0
+    except (OSError, subprocess.SubprocessError, ValueError):
         return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import math
 from collections import Counter
@@ -119,18 +118,7 @@ def build_index(
     _check_ratios(ratios)
     if on_bad_image not in ("fail", "skip"):
         raise CvpipeError(f"data.on_bad_image must be 'fail' or 'skip', not {on_bad_image!r}")
-    if not root.is_dir():
-        raise CvpipeError(
-            f"data.root {str(root)!r} is not a folder. Point data.root in the config at a folder "
-            "with one subfolder of images per class."
-        )
-    classes = [d.name for d in datatree.class_dirs(root)]
-    if len(classes) < 2:
-        found = f"only the class {classes[0]!r}" if classes else "no class folders"
-        raise CvpipeError(
-            f"data.root {str(root)!r} has {found}; a classifier needs at least two classes, "
-            "one subfolder each."
-        )
+    classes = _class_names(root)
     samples = list(datatree.iter_samples(root))
     with ThreadPoolExecutor(max(1, threads)) as pool:
         checked = list(pool.map(lambda s: check_file(root, *s), samples))
@@ -143,6 +131,31 @@ def build_index(
             "(they are then listed in bad_images.csv)."
         )
     good = [c for c in checked if not c.problem]
+    _check_class_sizes(root, classes, good, ratios)
+    return _manifest_rows(classes, good, ratios, seed), bad
+
+
+def _class_names(root: Path) -> list[str]:
+    """The class folders of `root`, sorted; at least two, else a CvpipeError saying so."""
+    if not root.is_dir():
+        raise CvpipeError(
+            f"data.root {str(root)!r} is not a folder. Point data.root in the config at a folder "
+            "with one subfolder of images per class."
+        )
+    classes = [d.name for d in datatree.class_dirs(root)]
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class folders"
+        raise CvpipeError(
+            f"data.root {str(root)!r} has {found}; a classifier needs at least two classes, "
+            "one subfolder each."
+        )
+    return classes
+
+
+def _check_class_sizes(
+    root: Path, classes: list[str], good: list[Checked], ratios: dict[str, float]
+) -> None:
+    """Every class needs enough usable images for one in each split."""
     per_class = Counter(c.class_name for c in good)
     empty = [name for name in classes if per_class[name] == 0]
     if empty:
@@ -158,33 +171,31 @@ def build_index(
             f"at least {need} images so that train, val and test each get one; add images or "
             "change data.split."
         )
+
+
+def _manifest_rows(
+    classes: list[str], good: list[Checked], ratios: dict[str, float], seed: int
+) -> list[dict]:
+    """One manifest row per usable image, classes labelled 0..N-1 in folder order."""
     rows = []
     for label, name in enumerate(classes):
         members = [c for c in good if c.class_name == name]
         splits = assign_splits([c.rel for c in members], ratios, seed)
-        for c in members:
-            rows.append(
-                {
-                    "path": c.rel,
-                    "class": name,
-                    "label": label,
-                    "split": splits[c.rel],
-                    "sha256": c.sha256,
-                    "width": c.width,
-                    "height": c.height,
-                    "channels": c.channels,
-                    "bit_depth": c.bit_depth,
-                }
-            )
-    return rows, bad
-
-
-def _csv_text(fields: tuple[str, ...], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+        rows.extend(
+            {
+                "path": c.rel,
+                "class": name,
+                "label": label,
+                "split": splits[c.rel],
+                "sha256": c.sha256,
+                "width": c.width,
+                "height": c.height,
+                "channels": c.channels,
+                "bit_depth": c.bit_depth,
+            }
+            for c in members
+        )
+    return rows
 
 
 def write_index(
@@ -205,10 +216,8 @@ def write_index(
             bad_path,
             _format_bad(bad, Path(root)),
         )
-    atomic.write_text(
-        bad_path, _csv_text(BAD_FIELDS, [{"path": b.rel, "reason": b.problem} for b in bad])
-    )
-    atomic.write_text(manifest_path, _csv_text(MANIFEST_FIELDS, rows))
+    atomic.write_csv(bad_path, BAD_FIELDS, [{"path": b.rel, "reason": b.problem} for b in bad])
+    atomic.write_csv(manifest_path, MANIFEST_FIELDS, rows)
     counts = Counter((r["class"], r["split"]) for r in rows)
     for name in sorted({r["class"] for r in rows}):
         log.info("%-12s %s", name, "  ".join(f"{s}={counts[name, s]}" for s in SPLITS))

@@ -36,7 +36,7 @@ class StopRequest:
         self.env = env
         self.every = every
         self.signal: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, signal._HANDLER] = {}
         self._group = distributed.host_group(env)  # collective: every rank builds a StopRequest
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
 

@@ -12,18 +12,19 @@ and every file is written atomically. Layout, next to the model file the workflo
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
 from cvpipe import atomic, checkpoint
 from cvpipe.distributed import DistEnv
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +41,7 @@ class RunFiles:
         self.last_checkpoint = self.checkpoint_dir / "last.pt"
         self.best_checkpoint = self.checkpoint_dir / "best.pt"
         self.enabled = env.is_main
-        self._tb = None
+        self._tb: SummaryWriter | None = None
 
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
         if self.enabled:
@@ -49,11 +50,7 @@ class RunFiles:
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         if not self.enabled or not rows:
             return
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic.write_text(self.history_path, buf.getvalue())
+        atomic.write_csv(self.history_path, list(rows[0]), rows)
 
     def write_json(self, path: str | Path, obj: Any) -> None:
         if self.enabled:

@@ -112,8 +112,8 @@ def _imported(tree: ast.AST, package_dir: Path, module: str) -> Iterator[str]:
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package_parts[: len(package_parts) - (node.level - 1)]
-                base = ".".join([PACKAGE, *base, *([node.module] if node.module else [])])
+                above = package_parts[: len(package_parts) - (node.level - 1)]
+                base = ".".join([PACKAGE, *above, *([node.module] if node.module else [])])
             else:
                 base = node.module or ""
             # `from cvpipe import plots` imports a module; `from cvpipe.x import f` a name.
@@ -121,12 +121,12 @@ def _imported(tree: ast.AST, package_dir: Path, module: str) -> Iterator[str]:
         else:
             continue
         for target in targets:
-            parts = target.split(".")
-            if parts[0] != PACKAGE:
+            names = target.split(".")
+            if names[0] != PACKAGE:
                 continue
             # Importing a.b.c runs the __init__ of every package on the way.
-            for end in range(1, len(parts) + 1):
-                name = ".".join(parts[1:end]) or "__init__"
+            for end in range(1, len(names) + 1):
+                name = ".".join(names[1:end]) or "__init__"
                 if _module_file(package_dir, name) is not None:
                     yield name
 
@@ -174,6 +174,15 @@ def _analyse(package_dir: Path, module: str, tree: ast.Module) -> tuple[str, tup
 @functools.cache
 def _cli_piece(package_dir: Path, command: str, cli: ast.Module) -> ast.Module:
     return _cli_slice(cli, command)
+
+
+def _analysed_module(package_dir: Path, module: str) -> list:
+    return list(_analyse(package_dir, module, _tree(package_dir, module)))
+
+
+def _analysed_cli_piece(package_dir: Path, command: str) -> list:
+    cli = _cli_piece(package_dir, command, _tree(package_dir, _CLI))
+    return list(_analyse(package_dir, _CLI, cli))
 
 
 class _DiskCache:
@@ -224,9 +233,7 @@ def _stage_hashes(
     for command in commands:
         digest, imports = cache.get(
             _key(package_dir, _CLI, command),
-            lambda c=command: list(
-                _analyse(package_dir, _CLI, _cli_piece(package_dir, c, _tree(package_dir, _CLI)))
-            ),
+            functools.partial(_analysed_cli_piece, package_dir, command),
         )
         hashes[f"{_CLI}[{command}]"] = digest
         todo.extend(imports)
@@ -235,8 +242,7 @@ def _stage_hashes(
         if module in hashes or module == _CLI:
             continue
         hashes[module], imports = cache.get(
-            _key(package_dir, module),
-            lambda m=module: list(_analyse(package_dir, m, _tree(package_dir, m))),
+            _key(package_dir, module), functools.partial(_analysed_module, package_dir, module)
         )
         todo.extend(imports)
     return hashes

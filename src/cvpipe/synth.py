@@ -19,6 +19,7 @@ import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -50,13 +51,16 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     if kind == 0:  # brushed metal: fine noise smeared along one direction
         noise = rng.standard_normal((size, size)).astype(np.float32)
         streaks = cv2.blur(noise, (int(rng.integers(size // 6, size // 2)), 1))
-        streaks /= streaks.std() + 1e-6
+        streaks = streaks / (streaks.std() + 1e-6)
         surface = rng.uniform(0.45, 0.7) + rng.uniform(0.025, 0.05) * streaks
         surface = _rotate(surface, rng.uniform(0, 180))
     elif kind == 1:  # cast: blotches at several scales plus grain
-        surface = sum(
-            amp * _smooth_noise(rng, size, cell)
-            for amp, cell in ((0.04, size // 3), (0.03, size // 8), (0.02, size // 24 or 1))
+        surface = cast(
+            np.ndarray,
+            sum(
+                amp * _smooth_noise(rng, size, cell)
+                for amp, cell in ((0.04, size // 3), (0.03, size // 8), (0.02, size // 24 or 1))
+            ),
         )
         surface = rng.uniform(0.35, 0.6) + surface
         surface += rng.uniform(0.01, 0.03) * rng.standard_normal((size, size)).astype(np.float32)
