@@ -40,11 +40,11 @@ def _named_path(text: str) -> tuple[str, str]:
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
     p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
-    p.add_argument("--images-per-class", type=int, default=200)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="png", choices=["png", "jpg"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--images-per-class", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="image side in pixels")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--format", required=True, choices=["png", "jpg"])
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_synth)
 
 
@@ -59,10 +59,10 @@ def add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
-    p.add_argument("--split", type=_ratios, default=_ratios("train=0.7,val=0.15,test=0.15"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--split", type=_ratios, required=True, metavar="train=R,val=R,test=R")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--on-bad-image", required=True, choices=["fail", "skip"])
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_index)
 
 
@@ -78,8 +78,8 @@ def add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resize", required=True, choices=["crop", "letterbox"])
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_preprocess)
 
 
@@ -95,8 +95,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--model", required=True, help="model file to write (best epoch)")
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
-    p.add_argument("--provenance", help="provenance.json to write")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--provenance", required=True, help="provenance.json to write")
+    p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
     p.set_defaults(func=run_train)
 
 
@@ -119,8 +119,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", required=True)
     p.add_argument("--timing", required=True)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--device", required=True, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_evaluate)
 
 
@@ -148,10 +148,10 @@ def add_plots(sub: argparse._SubParsersAction) -> None:
     ):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--image-size", type=int, required=True, help="as the model saw the images")
-    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
-    p.add_argument("--title", default="")
-    p.add_argument("--dpi", type=int, default=120)
-    p.add_argument("--num-samples", type=int, default=24)
+    p.add_argument("--resize", required=True, choices=["crop", "letterbox"])
+    p.add_argument("--title", required=True)
+    p.add_argument("--dpi", type=int, required=True)
+    p.add_argument("--num-samples", type=int, required=True)
     p.set_defaults(func=run_plots)
 
 
@@ -177,9 +177,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     for name in ("csv", "md", "html", "png", "metrics", "history-dir"):
         p.add_argument(f"--{name}", required=True)
-    p.add_argument("--dpi", type=int, default=120)
+    p.add_argument("--dpi", type=int, required=True)
     p.add_argument(
-        "--stage-code", type=_named_path, action="append", default=[], metavar="STAGE=CODE",
+        "--stage-code", type=_named_path, action="append", required=True, metavar="STAGE=CODE",
         help="the workflow's code fingerprint of a stage, for the report (repeatable)",
     )  # fmt: skip
     p.set_defaults(func=run_compare)
