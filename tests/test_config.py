@@ -1,6 +1,8 @@
 """Config: the schema, the documented config file and the code agree; typos are named."""
 
 import dataclasses
+import json
+import re
 
 import yaml
 from helpers import CONFIGS, REPO, planned_jobs, snakemake
@@ -83,3 +85,29 @@ def test_pointing_one_key_at_own_data_runs_on_it(tmp_path):
     jobs = planned_jobs(tmp_path, configfiles=[*CONFIGS, cfg])
     assert "synth" not in jobs
     assert jobs["index"] == 1
+
+
+def test_a_key_the_config_leaves_out_takes_the_schema_default_in_the_job(tmp_path):
+    """snakemake's validate fills missing keys from the schema's defaults (set_default=True),
+    for `train` and its augmentation, without filling the experiments' overrides."""
+    from cvpipe.config import deep_merge
+    from cvpipe.synth import make_dataset
+
+    make_dataset(tmp_path / "data", images_per_class=8, size=32, seed=5)
+    config = deep_merge(load_config(), yaml.safe_load(CONFIGS[1].read_text()))
+    config["data"]["root"] = str(tmp_path / "data")
+    del config["train"]["epochs"], config["train"]["augment"]["rot90"], config["plots"]
+    config["experiments"] = {"small": {"augment": {"rotate": 5}}}
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(config))
+    out = snakemake(
+        tmp_path,
+        "--dry-run",
+        "--printshellcmds",
+        "results/small/train/model.pt",
+        configfiles=[partial],
+    ).stdout
+    settings = json.loads(re.search(r"train --config '(\{.*?\})'", out).group(1))
+    assert settings["epochs"] == 20  # the schema's default, not tiny.yaml's 3
+    assert settings["image_size"] == 32  # what the config says stays
+    assert settings["augment"]["rot90"] is True and settings["augment"]["rotate"] == 5
