@@ -19,24 +19,11 @@ All randomness comes from the `torch.Generator` passed in, so a run is reproduci
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentPolicy:
-    """Strengths of each augmentation (see the module docstring); zeros switch parts off."""
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = False
-    rotate: float = 0.0
-    scale: float = 0.0
-    translate: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
+from cvpipe.settings import AugmentPolicy
 
 
 def to_float(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:

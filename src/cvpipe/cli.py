@@ -207,9 +207,10 @@ def add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def run_config(a: argparse.Namespace) -> None:
-    from cvpipe.config import experiment_config, load_configs
+    from cvpipe.config import experiment_config, load_configs, with_defaults
+    from cvpipe.settings import SCHEMA
 
-    config = load_configs(a.configfile or ["config/config.yaml"])
+    config = with_defaults(load_configs(a.configfile or ["config/config.yaml"]), SCHEMA)
     if a.experiment not in config.get("experiments", {}):
         known = ", ".join(config.get("experiments", {}))
         raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
