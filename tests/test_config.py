@@ -179,6 +179,24 @@ def test_the_code_defaults_are_the_schema_defaults():
     assert same(TrainConfig().as_dict(), train)
     assert same(TrainConfig.from_dict({}).as_dict(), train)
     assert same(dataclasses.asdict(AugmentPolicy()), train["augment"])
+    stated = {k: v for k, v in load_config().items() if k not in NO_DEFAULT}
+    assert same(settings.CONFIG_DEFAULTS, stated)
+
+
+def test_cvpipe_fills_defaults_as_snakemake_does():
+    """`cvpipe config` (config.with_defaults) and the workflow (snakemake's validate) agree."""
+    from snakemake.utils import validate
+
+    partial = {
+        "container": "x.sif",
+        "train": {"epochs": 3, "augment": {"rotate": 5}},
+        "experiments": {"a": {}, "b": {"augment": {"scale": 0.1}}},
+    }
+    filled = json.loads(json.dumps(partial))
+    validate(filled, str(SCHEMA))
+    assert same(with_defaults(partial, SCHEMA), filled)
+    assert filled["experiments"] == partial["experiments"]  # overrides stay as written
+    assert filled["train"]["epochs"] == 3 and filled["train"]["lr"] == 0.002
 
 
 # Every `enum` of the schema (by its path) and the Literal type that states it in the code.

@@ -41,7 +41,7 @@ from cvpipe.augment import train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.index import read_manifest, split_rows, write_index
 from cvpipe.preprocess import preprocess
-from cvpipe.settings import Amp, AugmentPolicy, Device, TrainConfig
+from cvpipe.settings import CONFIG_DEFAULTS, Amp, AugmentPolicy, Device, TrainConfig
 from cvpipe.synth import CLASSES, make_dataset
 
 # The augmentation both loaders apply: `exact` is the config's default (the schema's); `warp`
@@ -97,7 +97,9 @@ def imagefolder_loader(
     )  # fmt: skip
 
 
-TRAIN_FRACTION = 0.7
+# The data is prepared as the workflow's defaults would: the same split, seeds and resizing.
+DATA = CONFIG_DEFAULTS["data"]
+TRAIN_FRACTION = DATA["split"]["train"]
 
 
 def prepare_data(
@@ -107,12 +109,16 @@ def prepare_data(
     cpus = os.cpu_count() or 1
     root = Path(data_root) if data_root else work / "data"
     if not data_root:
-        make_dataset(root, images_per_class, source_size, seed=0, threads=cpus)
+        seed = CONFIG_DEFAULTS["synth"]["seed"]
+        make_dataset(root, images_per_class, source_size, seed=seed, threads=cpus)
     manifest = work / "manifest.csv"
-    ratios = {"train": TRAIN_FRACTION, "val": 0.15, "test": 0.15}
-    write_index(root, manifest, work / "bad.csv", ratios, seed=0, on_bad_image="skip", threads=cpus)
+    write_index(
+        root, manifest, work / "bad.csv", DATA["split"], seed=DATA["split_seed"],
+        on_bad_image="skip", threads=cpus,
+    )  # fmt: skip
     started = time.perf_counter()
-    preprocess(manifest, root, work / "cache", image_size, "crop", cpus)
+    resize = CONFIG_DEFAULTS["preprocess"]["resize"]
+    preprocess(manifest, root, work / "cache", image_size, resize, cpus)
     return root, manifest, work / "cache", time.perf_counter() - started
 
 

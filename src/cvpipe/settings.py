@@ -63,7 +63,9 @@ def defaults(node: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
-TRAIN_DEFAULTS = defaults(load_schema()["properties"]["train"])
+# Every default of the workflow config (keys without one, like `experiments`, are absent).
+CONFIG_DEFAULTS = defaults(load_schema())
+TRAIN_DEFAULTS = CONFIG_DEFAULTS["train"]
 AUGMENT_DEFAULTS = TRAIN_DEFAULTS["augment"]
 _TRAIN, _AUGMENT = TRAIN_DEFAULTS, AUGMENT_DEFAULTS  # short names for the fields below
 
