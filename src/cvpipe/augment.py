@@ -14,6 +14,7 @@ Train-time policy (each part per image, switched off by setting it to 0 / false)
   b in [-brightness, brightness] (m the image's mean), then clamped to [0, 1].
 
 All randomness comes from the `torch.Generator` passed in, so a run is reproducible from the seed.
+The policy's settings, `AugmentPolicy`, live in `cvpipe.settings` (defaults: the config schema's).
 """
 
 from __future__ import annotations
