@@ -1,5 +1,7 @@
 """The augmentation policy: shapes, determinism, and that it is what it claims to be."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -7,6 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cvpipe.augment import AugmentPolicy, eval_transform, normalize, to_float, train_transform
 
 MEAN, STD = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+# Every part off; a test switches on what it checks (the defaults are the schema's).
+OFF = AugmentPolicy(hflip=False, vflip=False, rot90=False, brightness=0, contrast=0)
 
 
 def batch(n=16, size=24, seed=0):
@@ -23,16 +27,16 @@ def test_eval_transform_is_normalised_nchw():
 
 
 def test_policy_off_equals_eval_transform():
-    off = AugmentPolicy(hflip=False, vflip=False)
     x = batch()
     torch.testing.assert_close(
-        train_transform(x, off, MEAN, STD, torch.Generator()), eval_transform(x, MEAN, STD)
+        train_transform(x, OFF, MEAN, STD, torch.Generator()), eval_transform(x, MEAN, STD)
     )
 
 
 def test_flips_only_permute_pixels_and_some_images_flip():
     x = batch()
-    out = train_transform(x, AugmentPolicy(), MEAN, STD, torch.Generator().manual_seed(1))
+    flips = replace(OFF, hflip=True, vflip=True)
+    out = train_transform(x, flips, MEAN, STD, torch.Generator().manual_seed(1))
     ref = eval_transform(x, MEAN, STD)
     changed = 0
     for i in range(len(x)):
@@ -55,7 +59,7 @@ def test_same_generator_seed_same_batch_and_channels_last():
 
 def test_flips_folded_into_the_warp_are_exact_flips():
     # A warp that does nothing else (translate ~ 0) must reproduce plain flips exactly.
-    policy = AugmentPolicy(hflip=True, vflip=True, translate=1e-9)
+    policy = replace(OFF, hflip=True, vflip=True, translate=1e-9)
     x = batch()
     out = train_transform(x, policy, MEAN, STD, torch.Generator().manual_seed(2))
     ref = eval_transform(x, MEAN, STD)
@@ -85,7 +89,7 @@ def rot90_by_index(x, turns):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
 def test_rot90_is_the_same_as_rotating_the_chosen_images(channels_last):
-    policy = AugmentPolicy(hflip=True, vflip=True, rot90=True)
+    policy = replace(OFF, hflip=True, vflip=True, rot90=True)
     x = batch(n=32)
     out = train_transform(x, policy, MEAN, STD, torch.Generator().manual_seed(5), channels_last)
     # The reference draws the same numbers from the same generator, in the same order.

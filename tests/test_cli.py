@@ -20,6 +20,14 @@ def test_missing_data_root_is_one_line(tmp_path):
         "m.csv",
         "--bad-images",
         "b.csv",
+        "--split",
+        "train=0.7,val=0.15,test=0.15",
+        "--seed",
+        "0",
+        "--on-bad-image",
+        "fail",
+        "--threads",
+        "1",
     )
     assert proc.returncode == 1
     # The error is one line, the last; before it only the log line naming the code that ran.
@@ -33,6 +41,7 @@ def test_missing_data_root_is_one_line(tmp_path):
 
 def test_bad_training_settings_are_named(tmp_path):
     args = ["--cache-dir", str(tmp_path), "--model", "m.pt", "--history", "h.csv"]
+    args += ["--provenance", "p.json", "--threads", "1"]
     proc = cvpipe("train", "--config", "{not json", *args)
     assert proc.returncode == 1 and "--config is not valid JSON" in proc.stderr
     proc = cvpipe("train", "--config", '{"epoch": 3}', *args)

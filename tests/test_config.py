@@ -1,13 +1,22 @@
-"""Config: the schema, the documented config file and the code agree; typos are named."""
+"""Config: the schema, the documented config file and the code agree; typos are named.
+
+The schema is the one home of every default and allowed value: these tests fail when
+config/config.yaml, the Literal types, TrainConfig, AugmentPolicy or a CLI option drift from it.
+"""
 
 import dataclasses
+import json
+import re
+import typing
 
 import yaml
 from helpers import CONFIGS, REPO, planned_jobs, snakemake
 
-from cvpipe.augment import AugmentPolicy
-from cvpipe.config import config_errors, experiment_config
-from cvpipe.train import TrainConfig
+from cvpipe import settings
+from cvpipe.cli import build_parser
+from cvpipe.config import config_errors, experiment_config, with_defaults
+from cvpipe.launch import evaluate_launcher
+from cvpipe.settings import AugmentPolicy, TrainConfig
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -83,3 +92,174 @@ def test_pointing_one_key_at_own_data_runs_on_it(tmp_path):
     jobs = planned_jobs(tmp_path, configfiles=[*CONFIGS, cfg])
     assert "synth" not in jobs
     assert jobs["index"] == 1
+
+
+def test_a_key_the_config_leaves_out_takes_the_schema_default_in_the_job(tmp_path):
+    """snakemake's validate fills missing keys from the schema's defaults (set_default=True),
+    for `train` and its augmentation, without filling the experiments' overrides."""
+    from cvpipe.config import deep_merge
+    from cvpipe.synth import make_dataset
+
+    make_dataset(tmp_path / "data", images_per_class=8, size=32, seed=5)
+    config = deep_merge(load_config(), yaml.safe_load(CONFIGS[1].read_text()))
+    config["data"]["root"] = str(tmp_path / "data")
+    del config["train"]["epochs"], config["train"]["augment"]["rot90"], config["plots"]
+    config["experiments"] = {"small": {"augment": {"rotate": 5}}}
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(config))
+    out = snakemake(
+        tmp_path,
+        "--dry-run",
+        "--printshellcmds",
+        "results/small/train/model.pt",
+        configfiles=[partial],
+    ).stdout
+    settings = json.loads(re.search(r"train --config '(\{.*?\})'", out).group(1))
+    assert settings["epochs"] == 20  # the schema's default, not tiny.yaml's 3
+    assert settings["image_size"] == 32  # what the config says stays
+    assert settings["augment"]["rot90"] is True and settings["augment"]["rotate"] == 5
+
+
+# Keys of config/config.yaml without a schema default, and why.
+NO_DEFAULT = {
+    "container": "the Snakefile's `container:` directive reads it before the config is validated",
+    "experiments": "the runs a config asks for: there is no default set of runs",
+}
+
+
+def same(a, b) -> bool:
+    """Equal values of the same type (True == 1 and 1 == 1.0 in Python, not in YAML)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def default_drift(config: dict, node: dict, path: str = "") -> list[str]:
+    """Keys of `config` whose schema `default` (under `node`) is missing or another value."""
+    problems = []
+    for key, value in config.items():
+        name = f"{path}{key}"
+        sub = node.get("properties", {}).get(key)
+        if name in NO_DEFAULT:
+            continue
+        if sub is None:
+            problems.append(f"{name}: not in the schema")
+        elif isinstance(value, dict) and "properties" in sub:
+            problems += default_drift(value, sub, f"{name}.")
+        elif "default" not in sub:
+            problems.append(f"{name}: no default in the schema")
+        elif not same(sub["default"], value):
+            problems.append(f"{name}: schema default {sub['default']!r}, config {value!r}")
+    return problems
+
+
+def test_every_config_value_is_the_schema_default():
+    config, schema = load_config(), yaml.safe_load(SCHEMA.read_text())
+    assert default_drift(config, schema) == []
+    # ... and the schema has no default that config/config.yaml does not state.
+    stated = {key: config[key] for key in NO_DEFAULT}
+    assert same(with_defaults(stated, SCHEMA), config)
+
+
+def test_a_changed_default_is_reported(tmp_path):
+    text = SCHEMA.read_text()
+    assert text.count("epochs: {default: 20}") == 1
+    changed = yaml.safe_load(text.replace("epochs: {default: 20}", "epochs: {default: 10}"))
+    assert default_drift(load_config(), changed) == ["train.epochs: schema default 10, config 20"]
+    changed = yaml.safe_load(text.replace("channels_last: {default: true}", "channels_last: {}"))
+    assert default_drift(load_config(), changed) == [
+        "train.channels_last: no default in the schema"
+    ]
+
+
+def test_the_code_defaults_are_the_schema_defaults():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    train = load_config()["train"]
+    assert same(settings.defaults(schema["properties"]["train"]), train)
+    assert same(TrainConfig().as_dict(), train)
+    assert same(TrainConfig.from_dict({}).as_dict(), train)
+    assert same(dataclasses.asdict(AugmentPolicy()), train["augment"])
+    stated = {k: v for k, v in load_config().items() if k not in NO_DEFAULT}
+    assert same(settings.CONFIG_DEFAULTS, stated)
+
+
+def test_cvpipe_fills_defaults_as_snakemake_does():
+    """`cvpipe config` (config.with_defaults) and the workflow (snakemake's validate) agree."""
+    from snakemake.utils import validate
+
+    partial = {
+        "container": "x.sif",
+        "train": {"epochs": 3, "augment": {"rotate": 5}},
+        "experiments": {"a": {}, "b": {"augment": {"scale": 0.1}}},
+    }
+    filled = json.loads(json.dumps(partial))
+    validate(filled, str(SCHEMA))
+    assert same(with_defaults(partial, SCHEMA), filled)
+    assert filled["experiments"] == partial["experiments"]  # overrides stay as written
+    assert filled["train"]["epochs"] == 3 and filled["train"]["lr"] == 0.002
+
+
+# Every `enum` of the schema (by its path) and the Literal type that states it in the code.
+LITERALS = {
+    "$defs.train.properties.amp": settings.Amp,
+    "$defs.train.properties.resume": settings.Resume,
+    "$defs.train.properties.monitor": settings.Monitor,
+    "$defs.train.properties.normalize": settings.Normalize,
+    "$defs.train.properties.device": settings.Device,
+    "properties.data.properties.on_bad_image": settings.OnBadImage,
+    "properties.synth.properties.format": settings.ImageFormat,
+    "properties.preprocess.properties.resize": settings.Resize,
+}
+
+
+def enums(node, path=""):
+    """Schema path -> enum, for every `enum` that lists allowed values (not reserved names)."""
+    found = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "enum":
+                found[path.rstrip(".")] = value
+            elif key != "not":
+                found.update(enums(value, f"{path}{key}."))
+    return found
+
+
+def test_every_allowed_value_list_is_one_literal():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    found = enums(schema)
+    assert set(found) == set(LITERALS)
+    for path, literal in LITERALS.items():
+        assert list(typing.get_args(literal)) == found[path], path
+    train_enums = {
+        key: tuple(sub["enum"])
+        for key, sub in schema["$defs"]["train"]["properties"].items()
+        if "enum" in sub
+    }
+    assert settings.literal_fields(TrainConfig) == train_enums
+
+
+def rule_options() -> dict[str, set[str]]:
+    """Subcommand -> the options its rule passes (each rule is named after its subcommand)."""
+    options: dict[str, set[str]] = {}
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=\s*(?:rule|checkpoint) \w+:)", path.read_text()):
+            rule = re.match(r"\s*(?:rule|checkpoint) (\w+):", block)
+            if rule:
+                options[rule[1]] = set(re.findall(r"(--[a-z][a-z-]*)", block))
+    # Words the rules take from common.smk's helpers: cvpipe.launch and report_stage_code.
+    options["evaluate"] |= set(re.findall(r"--[a-z-]+", evaluate_launcher(0)))
+    options["gpus"] = set(re.findall(r"--[a-z-]+", evaluate_launcher(1).split(" -- ")[0]))
+    options["compare"].add("--stage-code")
+    return options
+
+
+def test_every_option_a_rule_passes_is_required():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    options = rule_options()
+    assert set(options) == {
+        "synth", "index", "preprocess", "train", "evaluate", "plots", "compare", "gpus"
+    }  # fmt: skip
+    for command, passed in options.items():
+        actions = {o: a for a in sub.choices[command]._actions for o in a.option_strings}
+        assert passed <= set(actions), (command, passed - set(actions))
+        assert [o for o in sorted(passed) if not actions[o].required] == [], command

@@ -98,6 +98,8 @@ def train_command(processes: int, cache: Path, out: Path) -> list[str]:
         str(out / "model.pt"),
         "--history",
         str(out / "history.csv"),
+        "--provenance",
+        str(out / "provenance.json"),
     ]
     return [*launcher, "train", "--config", config, *paths, "--threads", "2"]
 
@@ -185,8 +187,10 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_cache, tmp_path):
         str(out / "model.pt"),
         "--history",
         str(out / "h.csv"),
+        "--provenance",
+        str(out / "provenance.json"),
     ]
-    cmd = [*torchrun, "train", "--config", config, *paths]
+    cmd = [*torchrun, "train", "--config", config, *paths, "--threads", "1"]
     proc = subprocess.Popen(
         cmd,
         env=tool_env(),

@@ -88,6 +88,7 @@ def test_stop_mid_epoch_then_resume_gives_the_same_model(
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
 def test_real_signal_checkpoints_and_exits_75(tiny_cache, uninterrupted, tmp_path, sig):
     paths = ["--model", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv")]
+    paths += ["--provenance", str(tmp_path / "provenance.json")]
     cache = ["--cache-dir", str(tiny_cache / "cache")]
     cmd = [
         str(BIN / "cvpipe"),
@@ -172,7 +173,7 @@ def test_sigusr1_to_torchrun_under_the_relay_checkpoints_the_workers(longer_cach
         str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "cvpipe", "train",
         "--config", json.dumps(settings), "--cache-dir", str(longer_cache),
         "--model", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
-        "--threads", "1",
+        "--provenance", str(tmp_path / "provenance.json"), "--threads", "1",
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

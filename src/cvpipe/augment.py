@@ -14,29 +14,17 @@ Train-time policy (each part per image, switched off by setting it to 0 / false)
   b in [-brightness, brightness] (m the image's mean), then clamped to [0, 1].
 
 All randomness comes from the `torch.Generator` passed in, so a run is reproducible from the seed.
+The policy's settings, `AugmentPolicy`, live in `cvpipe.settings` (defaults: the config schema's).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentPolicy:
-    """Strengths of each augmentation (see the module docstring); zeros switch parts off."""
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = False
-    rotate: float = 0.0
-    scale: float = 0.0
-    translate: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
+from cvpipe.settings import AugmentPolicy
 
 
 def to_float(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:

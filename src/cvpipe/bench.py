@@ -20,7 +20,7 @@ resident on the device, the upper limit; each for the requested AMP mode, fp32, 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -37,18 +37,20 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from cvpipe.augment import AugmentPolicy, train_transform
+from cvpipe.augment import train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.index import read_manifest, split_rows, write_index
 from cvpipe.preprocess import preprocess
+from cvpipe.settings import CONFIG_DEFAULTS, Amp, AugmentPolicy, Device, TrainConfig
 from cvpipe.synth import CLASSES, make_dataset
 
-# The augmentation both loaders apply: `exact` is the default of config/config.yaml; `warp`
-# adds the bilinear rotation/zoom/shift (torchvision's RandomAffine in the baseline).
+# The augmentation both loaders apply: `exact` is the config's default (the schema's); `warp`
+# swaps the quarter turns for the bilinear rotation/zoom/shift (torchvision's RandomAffine in
+# the baseline).
 POLICIES = {
-    "exact": AugmentPolicy(hflip=True, vflip=True, rot90=True, brightness=0.1, contrast=0.1),
-    "warp": AugmentPolicy(
-        hflip=True, vflip=True, rotate=180, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1
+    "exact": AugmentPolicy(),
+    "warp": dataclasses.replace(
+        AugmentPolicy(), rot90=False, rotate=180, scale=0.1, translate=0.05
     ),
 }
 
@@ -95,20 +97,28 @@ def imagefolder_loader(
     )  # fmt: skip
 
 
-TRAIN_FRACTION = 0.7
+# The data is prepared as the workflow's defaults would: the same split, seeds and resizing.
+DATA = CONFIG_DEFAULTS["data"]
+TRAIN_FRACTION = DATA["split"]["train"]
 
 
-def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, float]:
+def prepare_data(
+    data_root: str | None, images_per_class: int, source_size: int, image_size: int, work: Path
+) -> tuple[Path, Path, Path, float]:
     """Data root (drawn unless given), manifest and cache in `work`, and the cache build time."""
     cpus = os.cpu_count() or 1
-    root = Path(args.data_root) if args.data_root else work / "data"
-    if not args.data_root:
-        make_dataset(root, args.images_per_class, args.source_size, seed=0, threads=cpus)
+    root = Path(data_root) if data_root else work / "data"
+    if not data_root:
+        seed = CONFIG_DEFAULTS["synth"]["seed"]
+        make_dataset(root, images_per_class, source_size, seed=seed, threads=cpus)
     manifest = work / "manifest.csv"
-    ratios = {"train": TRAIN_FRACTION, "val": 0.15, "test": 0.15}
-    write_index(root, manifest, work / "bad.csv", ratios, seed=0, on_bad_image="skip", threads=cpus)
+    write_index(
+        root, manifest, work / "bad.csv", DATA["split"], seed=DATA["split_seed"],
+        on_bad_image="skip", threads=cpus,
+    )  # fmt: skip
     started = time.perf_counter()
-    preprocess(manifest, root, work / "cache", args.image_size, "crop", cpus)
+    resize = CONFIG_DEFAULTS["preprocess"]["resize"]
+    preprocess(manifest, root, work / "cache", image_size, resize, cpus)
     return root, manifest, work / "cache", time.perf_counter() - started
 
 
@@ -125,56 +135,73 @@ def measure(batches, epochs: int, make_input) -> float:
     return count / (time.perf_counter() - started)
 
 
-def bench_loader(args: argparse.Namespace) -> list[dict]:
-    """Run the comparison and print a table; returns its rows."""
+def bench_loader(
+    *,
+    data_root: str | None,
+    images_per_class: int,
+    source_size: int,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    epochs: int,
+    policy: str,
+    threads: int | None,
+) -> list[dict]:
+    """Run the comparison and print a table; returns its rows.
+
+    `data_root` None draws the built-in set (`images_per_class` images of `source_size` px);
+    `policy` is a key of POLICIES; `threads` None leaves torch's default.
+    """
     logging.getLogger("cvpipe").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
-        root, manifest, cache, preprocess_s = prepare_data(args, Path(tmp))
+        root, manifest, cache, preprocess_s = prepare_data(
+            data_root, images_per_class, source_size, image_size, Path(tmp)
+        )
         stats = read_stats(cache)
         mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
         train_rows = split_rows(read_manifest(manifest), "train")
         gen = torch.Generator().manual_seed(0)
 
-        policy = POLICIES[args.policy]
+        augment = POLICIES[policy]
 
         def cvpipe_input(images):
-            return train_transform(images, policy, mean, std, gen)
+            return train_transform(images, augment, mean, std, gen)
 
         rows = []
-        for workers in sorted({0, args.workers}):
+        for n in sorted({0, workers}):
             loader = build_loader(
                 CacheSplit(cache, "train"),
-                args.batch_size,
+                batch_size,
                 train=True,
-                num_workers=workers,
+                num_workers=n,
             )
-            rate = measure(lambda loader=loader: loader, args.epochs, cvpipe_input)
+            rate = measure(lambda loader=loader: loader, epochs, cvpipe_input)
             rows.append(
                 {
                     "loader": "cvpipe cache + batched tensor aug",
-                    "workers": workers,
+                    "workers": n,
                     "images_per_s": rate,
                 }
             )
         baseline = imagefolder_loader(
-            root, {r["path"] for r in train_rows}, args.image_size, stats["mean"], stats["std"],
-            args.batch_size, args.workers, policy,
+            root, {r["path"] for r in train_rows}, image_size, stats["mean"], stats["std"],
+            batch_size, workers, augment,
         )  # fmt: skip
-        base_rate = measure(lambda: baseline, args.epochs, lambda images: images)
+        base_rate = measure(lambda: baseline, epochs, lambda images: images)
         rows.append(
             {
                 "loader": "ImageFolder + PIL + torchvision transforms",
-                "workers": args.workers,
+                "workers": workers,
                 "images_per_s": base_rate,
             }
         )
 
     cpu = platform.processor() or platform.machine()
     print(
-        f"\nLoader benchmark: {len(train_rows)} training images ({args.source_size} px originals"
-        f" -> {args.image_size} px), batch {args.batch_size}, {args.epochs} passes, "
+        f"\nLoader benchmark: {len(train_rows)} training images ({source_size} px originals"
+        f" -> {image_size} px), batch {batch_size}, {epochs} passes, "
         f"{os.cpu_count()} CPUs ({cpu}), torch threads {torch.get_num_threads()}"
     )
     print(f"One-off preprocessing into the cache: {preprocess_s:.1f} s\n")
@@ -219,48 +246,64 @@ def train_rate(parts, batches: Iterator, steps: int, warmup: int, env) -> float:
     return steps * parts.train_loader.batch_size / (time.perf_counter() - started)
 
 
-def bench_train(args: argparse.Namespace) -> list[dict]:
-    """Training images/s: real loader vs on-device tensors, bf16 vs fp32, eager vs compiled."""
+def bench_train(
+    *,
+    models: list[str],
+    data_root: str | None,
+    images_per_class: int,
+    source_size: int,
+    image_size: int,
+    batch_size: int,
+    amp: Amp,
+    channels_last: bool,
+    compile: bool,
+    workers: int,
+    steps: int,
+    warmup: int,
+    device: Device,
+    threads: int | None,
+    json_path: str | None,
+) -> list[dict]:
+    """Training images/s: real loader vs on-device tensors, `amp` vs fp32, eager vs compiled
+    (with `compile`). Settings not named here are TrainConfig's defaults (the schema's)."""
+    params = dict(locals())  # for the JSON record
     from cvpipe import distributed
-    from cvpipe.train import TrainConfig, build_parts
+    from cvpipe.train import build_parts
 
     logging.getLogger("cvpipe").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = distributed.init(args.device)
+    if threads:
+        torch.set_num_threads(threads)
+    env = distributed.init(device)
     # As training does (train.py): cuDNN picks the fastest kernels for the fixed input shape.
     torch.backends.cudnn.benchmark = True
     # (a) must see the loader in its steady state, not restarting its workers every few steps:
     # draw enough images for every timed and warm-up step to come from one epoch.
-    if not args.data_root:
-        steps = args.steps + args.warmup + 1
-        needed = math.ceil(steps * args.batch_size / (TRAIN_FRACTION * len(CLASSES)))
-        args.images_per_class = max(args.images_per_class, needed)
+    if not data_root:
+        needed = math.ceil((steps + warmup + 1) * batch_size / (TRAIN_FRACTION * len(CLASSES)))
+        images_per_class = params["images_per_class"] = max(images_per_class, needed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
-        _, _, cache, _ = prepare_data(args, Path(tmp))
+        _, _, cache, _ = prepare_data(
+            data_root, images_per_class, source_size, image_size, Path(tmp)
+        )
         stats = read_stats(cache)
-        variants = [(args.amp, False)]
-        if args.amp != "off":
+        variants = [(amp, False)]
+        if amp != "off":
             variants.append(("off", False))
-        if args.compile:
-            variants.append((args.amp, True))
-        for model in args.models.split(","):
-            for amp, compiled in variants:
+        if compile:
+            variants.append((amp, True))
+        for model in models:
+            for precision, compiled in variants:
                 cfg = TrainConfig(
-                    model=model, image_size=args.image_size, batch_size=args.batch_size, amp=amp,
-                    channels_last=args.channels_last, compile=compiled, num_workers=args.workers,
-                    device=args.device, epochs=1000,
+                    model=model, image_size=image_size, batch_size=batch_size, amp=precision,
+                    channels_last=channels_last, compile=compiled, num_workers=workers,
+                    device=device, epochs=1000,
                 )  # fmt: skip
                 parts = build_parts(cfg, stats, cache, env)
                 first = next(iter(parts.train_loader))
-                loader_rate = train_rate(
-                    parts, _steps(parts.train_loader), args.steps, args.warmup, env
-                )
+                loader_rate = train_rate(parts, _steps(parts.train_loader), steps, warmup, env)
                 parts = build_parts(cfg, stats, cache, env)  # fresh weights and optimizer
-                resident_rate = train_rate(
-                    parts, _resident(first, env.device), args.steps, args.warmup, env
-                )
+                resident_rate = train_rate(parts, _resident(first, env.device), steps, warmup, env)
                 rows.append(
                     {
                         "model": model, "amp": parts.amp, "compile": compiled,
@@ -274,8 +317,8 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     )
     print(
         f"\nTraining throughput on {env.device} ({device_name or platform.machine()}): "
-        f"{args.image_size} px, batch {args.batch_size}, channels_last {args.channels_last}, "
-        f"{args.steps} timed steps after {args.warmup} warm-up steps, torch {torch.__version__}\n"
+        f"{image_size} px, batch {batch_size}, channels_last {channels_last}, "
+        f"{steps} timed steps after {warmup} warm-up steps, torch {torch.__version__}\n"
     )
     print("| model | amp | compile | (a) pipeline loader img/s | (b) on-device img/s | (a)/(b) |")
     print("|---|---|---|---|---|---|")
@@ -285,12 +328,8 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
             f"| {r['model']} | {r['amp']} | {r['compile']} | {r['loader_images_per_s']:.0f} "
             f"| {r['resident_images_per_s']:.0f} | {ratio:.2f} |"
         )
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"device": device_name, "args": vars(args) | {"func": None}, "rows": rows},
-                indent=2,
-                default=str,
-            )
+    if json_path:
+        Path(json_path).write_text(
+            json.dumps({"device": device_name, "args": params, "rows": rows}, indent=2, default=str)
         )
     return rows

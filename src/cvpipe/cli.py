@@ -5,7 +5,9 @@ back). A `CvpipeError` is printed as one message naming what is wrong, without a
 the command exits with status 1.
 
 Each subcommand NAME is two functions side by side: `add_NAME` declares its arguments and
-`run_NAME` calls the package. `cvpipe.stagecode` relies on that pairing: a stage's code
+`run_NAME` calls the package with keyword arguments. Options the workflow's rules pass are
+required (their defaults live in the config schema); allowed values come from the `Literal`
+types of `cvpipe.settings`. `cvpipe.stagecode` relies on that pairing: a stage's code
 fingerprint holds its own two functions of this file and not the other stages'.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 
 from cvpipe.errors import EXIT_PREEMPTED, CvpipeError, Preempted
@@ -38,55 +41,70 @@ def _named_path(text: str) -> tuple[str, str]:
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import ImageFormat
+
     p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
     p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
-    p.add_argument("--images-per-class", type=int, default=200)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="png", choices=["png", "jpg"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--images-per-class", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="image side in pixels")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--format", required=True, choices=typing.get_args(ImageFormat))
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_synth)
 
 
 def run_synth(a: argparse.Namespace) -> None:
     from cvpipe.synth import make_dataset
 
-    make_dataset(a.out, a.images_per_class, a.size, a.seed, a.format, a.threads)
+    make_dataset(
+        out_dir=a.out, images_per_class=a.images_per_class, size=a.size, seed=a.seed,
+        image_format=a.format, threads=a.threads,
+    )  # fmt: skip
 
 
 def add_index(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import OnBadImage
+
     p = sub.add_parser("index", help="decode-check the data, split it and write the manifest")
     p.add_argument("--data-root", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
-    p.add_argument("--split", type=_ratios, default=_ratios("train=0.7,val=0.15,test=0.15"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--split", type=_ratios, required=True, metavar="train=R,val=R,test=R")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--on-bad-image", required=True, choices=typing.get_args(OnBadImage))
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_index)
 
 
 def run_index(a: argparse.Namespace) -> None:
     from cvpipe.index import write_index
 
-    write_index(a.data_root, a.manifest, a.bad_images, a.split, a.seed, a.on_bad_image, a.threads)
+    write_index(
+        root=a.data_root, manifest_path=a.manifest, bad_path=a.bad_images, ratios=a.split,
+        seed=a.seed, on_bad_image=a.on_bad_image, threads=a.threads,
+    )  # fmt: skip
 
 
 def add_preprocess(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import Resize
+
     p = sub.add_parser("preprocess", help="decode and resize once into the uint8 cache")
     p.add_argument("--manifest", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resize", required=True, choices=typing.get_args(Resize))
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_preprocess)
 
 
 def run_preprocess(a: argparse.Namespace) -> None:
     from cvpipe.preprocess import preprocess
 
-    preprocess(a.manifest, a.data_root, a.out_dir, a.size, a.resize, a.threads)
+    preprocess(
+        manifest_path=a.manifest, data_root=a.data_root, out_dir=a.out_dir, size=a.size,
+        mode=a.resize, threads=a.threads,
+    )  # fmt: skip
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -95,22 +113,28 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--model", required=True, help="model file to write (best epoch)")
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
-    p.add_argument("--provenance", help="provenance.json to write")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--provenance", required=True, help="provenance.json to write")
+    p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
     p.set_defaults(func=run_train)
 
 
 def run_train(a: argparse.Namespace) -> None:
-    from cvpipe.train import TrainConfig, train
+    from cvpipe.settings import TrainConfig
+    from cvpipe.train import train
 
     try:
-        values = json.loads(a.config)
+        values: dict = json.loads(a.config)
     except json.JSONDecodeError as exc:
         raise CvpipeError(f"--config is not valid JSON: {exc}") from None
-    train(TrainConfig.from_dict(values), a.cache_dir, a.model, a.history, a.provenance, a.threads)
+    train(
+        cfg=TrainConfig.from_dict(values), cache_dir=a.cache_dir, model_path=a.model,
+        history_path=a.history, provenance_path=a.provenance, threads=a.threads,
+    )  # fmt: skip
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import Device
+
     p = sub.add_parser("evaluate", help="test-split metrics, predictions and inference speed")
     p.add_argument("--model", required=True)
     p.add_argument("--cache-dir", required=True)
@@ -119,8 +143,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", required=True)
     p.add_argument("--timing", required=True)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--device", required=True, choices=typing.get_args(Device))
+    p.add_argument("--threads", type=int, required=True)
     p.set_defaults(func=run_evaluate)
 
 
@@ -128,12 +152,15 @@ def run_evaluate(a: argparse.Namespace) -> None:
     from cvpipe.evaluate import evaluate
 
     evaluate(
-        a.model, a.cache_dir, a.manifest, a.metrics, a.predictions, a.timing,
-        a.batch_size, a.device, a.threads,
+        model_path=a.model, cache_dir=a.cache_dir, manifest_path=a.manifest,
+        metrics_path=a.metrics, predictions_path=a.predictions, timing_path=a.timing,
+        batch_size=a.batch_size, device=a.device, threads=a.threads,
     )  # fmt: skip
 
 
 def add_plots(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import Resize
+
     p = sub.add_parser("plots", help="figures of one experiment")
     for name in (
         "history",
@@ -148,25 +175,26 @@ def add_plots(sub: argparse._SubParsersAction) -> None:
     ):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--image-size", type=int, required=True, help="as the model saw the images")
-    p.add_argument("--resize", default="crop", choices=["crop", "letterbox"])
-    p.add_argument("--title", default="")
-    p.add_argument("--dpi", type=int, default=120)
-    p.add_argument("--num-samples", type=int, default=24)
+    p.add_argument("--resize", required=True, choices=typing.get_args(Resize))
+    p.add_argument("--title", required=True)
+    p.add_argument("--dpi", type=int, required=True)
+    p.add_argument("--num-samples", type=int, required=True)
     p.set_defaults(func=run_plots)
 
 
 def run_plots(a: argparse.Namespace) -> None:
     from cvpipe.plots import make_plots
 
-    out = {
+    out: dict[str, str] = {
         "curves": a.curves,
         "confusion": a.confusion,
         "samples": a.samples,
         "per_class": a.per_class,
     }
     make_plots(
-        a.history, a.metrics, a.predictions, a.manifest, a.data_root, out, a.title,
-        a.image_size, a.resize, a.dpi, a.num_samples,
+        history_path=a.history, metrics_path=a.metrics, predictions_path=a.predictions,
+        manifest_path=a.manifest, data_root=a.data_root, out=out, title=a.title,
+        image_size=a.image_size, resize=a.resize, dpi=a.dpi, samples=a.num_samples,
     )  # fmt: skip
 
 
@@ -177,9 +205,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     for name in ("csv", "md", "html", "png", "metrics", "history-dir"):
         p.add_argument(f"--{name}", required=True)
-    p.add_argument("--dpi", type=int, default=120)
+    p.add_argument("--dpi", type=int, required=True)
     p.add_argument(
-        "--stage-code", type=_named_path, action="append", default=[], metavar="STAGE=CODE",
+        "--stage-code", type=_named_path, action="append", required=True, metavar="STAGE=CODE",
         help="the workflow's code fingerprint of a stage, for the report (repeatable)",
     )  # fmt: skip
     p.set_defaults(func=run_compare)
@@ -188,8 +216,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 def run_compare(a: argparse.Namespace) -> None:
     from cvpipe.compare import compare
 
-    out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics}
-    compare(dict(a.experiment), {**out, "history_dir": a.history_dir}, a.dpi, dict(a.stage_code))
+    out: dict[str, str] = {
+        "csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics,
+        "history_dir": a.history_dir,
+    }  # fmt: skip
+    compare(result_dirs=dict(a.experiment), out=out, dpi=a.dpi, stage_code=dict(a.stage_code))
 
 
 def add_config(sub: argparse._SubParsersAction) -> None:
@@ -207,9 +238,10 @@ def add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def run_config(a: argparse.Namespace) -> None:
-    from cvpipe.config import experiment_config, load_configs
+    from cvpipe.config import experiment_config, load_configs, with_defaults
+    from cvpipe.settings import SCHEMA
 
-    config = load_configs(a.configfile or ["config/config.yaml"])
+    config = with_defaults(load_configs(a.configfile or ["config/config.yaml"]), SCHEMA)
     if a.experiment not in config.get("experiments", {}):
         known = ", ".join(config.get("experiments", {}))
         raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
@@ -264,11 +296,18 @@ def add_gpus(sub: argparse._SubParsersAction) -> None:
 def run_gpus(a: argparse.Namespace) -> None:
     from cvpipe.gpus import run_with_gpus
 
-    command = a.command_args[1:] if a.command_args[:1] == ["--"] else a.command_args
-    run_with_gpus(a.count, command, a.lock_dir, a.total, a.timeout)
+    command: list[str] = a.command_args[1:] if a.command_args[:1] == ["--"] else a.command_args
+    run_with_gpus(
+        count=a.count, command=command, lock_dir=a.lock_dir, total=a.total, timeout=a.timeout
+    )
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
+    from cvpipe.settings import TRAIN_DEFAULTS, Amp, Device
+
+    # Settings that training has too default to training's (the schema's); the rest are the
+    # benchmark's own: its data (larger originals, so decoding costs what it would), workers,
+    # passes and steps.
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     b = bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s")
@@ -277,13 +316,16 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--images-per-class", type=int, default=250, help="size of the drawn set")
     b.add_argument("--source-size", type=int, default=256, help="side of the drawn images")
-    b.add_argument("--image-size", type=int, default=64, help="training resolution")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument(
+        "--image-size", type=int, default=TRAIN_DEFAULTS["image_size"], help="training resolution"
+    )
+    b.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for both loaders")
     b.add_argument("--epochs", type=int, default=3, help="passes over the data per loader")
     b.add_argument(
         "--policy", default="exact", choices=["exact", "warp"],
-        help="exact: flips, quarter turns, jitter (the default config); warp: + bilinear affine",
+        help="exact: the config's default augmentation (flips, quarter turns, jitter); "
+        "warp: + bilinear affine",
     )  # fmt: skip
     b.add_argument("--threads", type=int, help="torch threads (default: as many as cores)")
     b.set_defaults(func=run_bench_loader)
@@ -293,15 +335,21 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--data-root", help="ImageFolder tree (default: draw the built-in set)")
     b.add_argument("--images-per-class", type=int, default=250)
     b.add_argument("--source-size", type=int, default=256)
-    b.add_argument("--image-size", type=int, default=224)
-    b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"])
-    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("--image-size", type=int, default=TRAIN_DEFAULTS["image_size"])
+    b.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    # A fixed precision to set against fp32 (`auto` would name no row's precision).
+    amps = [amp for amp in typing.get_args(Amp) if amp != "auto"]
+    b.add_argument("--amp", default="bf16", choices=amps)
+    b.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=TRAIN_DEFAULTS["channels_last"],
+    )
     b.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     b.add_argument("--workers", type=int, default=4, help="DataLoader workers of the pipeline")
     b.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
     b.add_argument("--warmup", type=int, default=15, help="untimed steps first (and compile)")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--device", default=TRAIN_DEFAULTS["device"], choices=typing.get_args(Device))
     b.add_argument("--threads", type=int)
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=run_bench_train)
@@ -310,13 +358,22 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 def run_bench_loader(a: argparse.Namespace) -> None:
     from cvpipe.bench import bench_loader
 
-    bench_loader(a)
+    bench_loader(
+        data_root=a.data_root, images_per_class=a.images_per_class, source_size=a.source_size,
+        image_size=a.image_size, batch_size=a.batch_size, workers=a.workers, epochs=a.epochs,
+        policy=a.policy, threads=a.threads,
+    )  # fmt: skip
 
 
 def run_bench_train(a: argparse.Namespace) -> None:
     from cvpipe.bench import bench_train
 
-    bench_train(a)
+    bench_train(
+        models=a.models.split(","), data_root=a.data_root, images_per_class=a.images_per_class,
+        source_size=a.source_size, image_size=a.image_size, batch_size=a.batch_size, amp=a.amp,
+        channels_last=a.channels_last, compile=a.compile, workers=a.workers, steps=a.steps,
+        warmup=a.warmup, device=a.device, threads=a.threads, json_path=a.json,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,32 @@ def config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     return lines
 
 
+def with_defaults(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """A copy of `config` with every key it leaves out set to the schema's `default`.
+
+    The same filling as `snakemake.utils.validate(config, schema, set_default=True)`, which the
+    workflow runs (its `properties` validator extended as in the jsonschema FAQ,
+    https://python-jsonschema.readthedocs.io/en/latest/faq/), for `cvpipe config` outside
+    Snakemake. Only `default:`s on the path of a key count: experiments get none (see the schema).
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def fill(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    filled = copy.deepcopy(config)
+    filler = jsonschema.validators.extend(base, {"properties": fill})(schema)
+    for _ in filler.iter_errors(filled):  # errors are config_errors' to report
+        pass
+    return filled
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """A copy of `base` with `override` applied; nested dicts merge key by key."""
     merged = copy.deepcopy(base)

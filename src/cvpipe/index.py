@@ -15,6 +15,7 @@ import csv
 import hashlib
 import logging
 import math
+import typing
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from cvpipe import atomic, datatree
 from cvpipe.decode import BadImage, decode, to_rgb8
 from cvpipe.errors import CvpipeError
+from cvpipe.settings import OnBadImage
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +112,16 @@ def build_index(
     root: str | Path,
     ratios: dict[str, float],
     seed: int,
-    on_bad_image: str = "fail",
+    on_bad_image: OnBadImage = "fail",
     threads: int = 1,
 ) -> tuple[list[dict], list[Checked]]:
     """Scan `root` and return (manifest rows, bad files). Raises CvpipeError on unusable data."""
     root = Path(root)
     _check_ratios(ratios)
-    if on_bad_image not in ("fail", "skip"):
-        raise CvpipeError(f"data.on_bad_image must be 'fail' or 'skip', not {on_bad_image!r}")
+    if on_bad_image not in typing.get_args(OnBadImage):
+        raise CvpipeError(
+            f"data.on_bad_image must be one of {typing.get_args(OnBadImage)}, not {on_bad_image!r}"
+        )
     classes = _class_names(root)
     samples = list(datatree.iter_samples(root))
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -204,7 +208,7 @@ def write_index(
     bad_path: str | Path,
     ratios: dict[str, float],
     seed: int,
-    on_bad_image: str = "fail",
+    on_bad_image: OnBadImage = "fail",
     threads: int = 1,
 ) -> list[dict]:
     """Run `build_index` and write the manifest and the bad-file report (empty if none)."""

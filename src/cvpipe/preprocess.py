@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,10 +30,11 @@ from cvpipe import atomic
 from cvpipe.decode import BadImage, decode_rgb8
 from cvpipe.errors import CvpipeError
 from cvpipe.index import SPLITS, class_names, manifest_sha256, read_manifest, split_rows
+from cvpipe.settings import Resize
 
 log = logging.getLogger(__name__)
 
-RESIZE_MODES = ("crop", "letterbox")
+RESIZE_MODES: tuple[str, ...] = typing.get_args(Resize)
 
 
 def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -84,7 +86,7 @@ def preprocess(
     data_root: str | Path,
     out_dir: str | Path,
     size: int,
-    mode: str = "crop",
+    mode: Resize = "crop",
     threads: int = 1,
 ) -> dict:
     """Build the cache for every split in `out_dir` and return the stats written to stats.json."""

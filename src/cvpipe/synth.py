@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -25,11 +26,12 @@ import cv2
 import numpy as np
 
 from cvpipe.errors import CvpipeError
+from cvpipe.settings import ImageFormat
 
 log = logging.getLogger(__name__)
 
 CLASSES = ("ok", "scratch", "dent", "stain")
-FORMATS = ("png", "jpg")
+FORMATS: tuple[str, ...] = typing.get_args(ImageFormat)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
@@ -169,7 +171,7 @@ def make_dataset(
     images_per_class: int,
     size: int,
     seed: int,
-    image_format: str = "png",
+    image_format: ImageFormat = "png",
     threads: int = 1,
 ) -> Path:
     """Write the built-in data set as `out_dir/<class>/<class>_<i>.<format>`.

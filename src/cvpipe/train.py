@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,88 +36,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cvpipe import checkpoint, distributed, provenance
-from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
+from cvpipe.augment import eval_transform, train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.distributed import DistEnv
 from cvpipe.errors import CvpipeError, Preempted
 from cvpipe.models import build_model
 from cvpipe.preemption import StopRequest
 from cvpipe.runfiles import RunFiles
+from cvpipe.settings import AugmentPolicy, TrainConfig
 
 log = logging.getLogger(__name__)
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-MONITORS = ("val_acc", "val_macro_f1", "val_loss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Keys that say how a run is launched, not what it learns: a checkpoint made with other values
-# still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
-# they resolve to do count (`runtime` in the resume identity, see `_train`).
-_NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One experiment's resolved training settings (documented in config/config.yaml)."""
-
-    model: str = "resnet18"
-    weights: str = "none"
-    image_size: int = 64
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    amp: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    gpus: int = 0
-    ddp_processes: int = 1
-    sync_bn: bool = False
-    deterministic: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    resume: str = "auto"
-    monitor: str = "val_acc"
-    normalize: str = "auto"
-    device: str = "auto"
-    augment: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a config mapping; an unknown key is an error that names it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CvpipeError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**values)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if self.amp not in AMP_MODES:
-            raise CvpipeError(f"amp must be one of {AMP_MODES}, not {self.amp!r}")
-        if self.monitor not in MONITORS:
-            raise CvpipeError(f"monitor must be one of {sorted(MONITORS)}, not {self.monitor!r}")
-        if self.resume not in ("auto", "never"):
-            raise CvpipeError(f"resume must be 'auto' or 'never', not {self.resume!r}")
-        if self.normalize not in ("auto", "dataset", "imagenet"):
-            raise CvpipeError(
-                f"normalize must be auto, dataset or imagenet, not {self.normalize!r}"
-            )
-        if self.gpus > 0 and self.ddp_processes > 1:
-            raise CvpipeError(
-                "set either gpus (one process per GPU) or ddp_processes (CPU processes), not both"
-            )
-        AugmentPolicy(**self.augment)  # unknown augmentation keys fail here
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that determine the trained weights (what resume compares)."""
-        return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

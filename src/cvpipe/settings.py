@@ -1,0 +1,152 @@
+"""Training settings as Python types, with their defaults read from the workflow's config schema.
+
+workflow/schemas/config.schema.yaml is the one home of every default (`default:`) and allowed
+value (`enum:`). This module reads the defaults from there, so `TrainConfig` and `AugmentPolicy`
+never hold a second copy, and states the allowed values as `Literal` types, which
+tests/test_config.py checks against the schema's enums.
+
+No torch here: the CLI's parsers and the Snakefile's helpers import it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cvpipe.errors import CvpipeError
+
+# The package runs from a checkout (src/cvpipe/ beside workflow/), never as an installed copy
+# without one: jobs import it from the checkout's src/ (cvpipe.jobenv).
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# The allowed values of the settings that have a fixed set (the schema's `enum`s).
+Amp = Literal["auto", "bf16", "fp16", "off"]
+Monitor = Literal["val_acc", "val_macro_f1", "val_loss"]
+Resume = Literal["auto", "never"]
+Normalize = Literal["auto", "dataset", "imagenet"]
+Device = Literal["auto", "cpu", "cuda"]
+OnBadImage = Literal["fail", "skip"]
+ImageFormat = Literal["png", "jpg"]
+Resize = Literal["crop", "letterbox"]
+
+AMP_MODES: tuple[str, ...] = typing.get_args(Amp)
+MONITORS: tuple[str, ...] = typing.get_args(Monitor)
+# Keys that say how a run is launched, not what it learns: a checkpoint made with other values
+# still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
+# they resolve to do count (`runtime` in the resume identity, see `train._train`).
+_NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
+
+
+def load_schema(path: Path = SCHEMA) -> dict[str, Any]:
+    if not path.is_file():
+        raise CvpipeError(
+            f"{path} is missing: cvpipe reads its defaults from the workflow's config schema, "
+            "so it must run from a checkout of the repository (src/cvpipe beside workflow/)"
+        )
+    # libyaml's loader where PyYAML has it: every `cvpipe` command reads the schema at start.
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def defaults(node: dict[str, Any]) -> dict[str, Any]:
+    """The `default`s of the keys under a schema object, nested objects filled in below theirs."""
+    filled: dict[str, Any] = {}
+    for key, sub in node.get("properties", {}).items():
+        if "properties" in sub:
+            filled[key] = {**sub.get("default", {}), **defaults(sub)}
+        elif "default" in sub:
+            filled[key] = sub["default"]
+    return filled
+
+
+# Every default of the workflow config (keys without one, like `experiments`, are absent).
+CONFIG_DEFAULTS = defaults(load_schema())
+TRAIN_DEFAULTS = CONFIG_DEFAULTS["train"]
+AUGMENT_DEFAULTS = TRAIN_DEFAULTS["augment"]
+_TRAIN, _AUGMENT = TRAIN_DEFAULTS, AUGMENT_DEFAULTS  # short names for the fields below
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """Strengths of each augmentation (see `cvpipe.augment`); zeros switch parts off."""
+
+    hflip: bool = _AUGMENT["hflip"]
+    vflip: bool = _AUGMENT["vflip"]
+    rot90: bool = _AUGMENT["rot90"]
+    rotate: float = _AUGMENT["rotate"]
+    scale: float = _AUGMENT["scale"]
+    translate: float = _AUGMENT["translate"]
+    brightness: float = _AUGMENT["brightness"]
+    contrast: float = _AUGMENT["contrast"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One experiment's resolved training settings (documented in config/config.yaml)."""
+
+    model: str = _TRAIN["model"]
+    weights: str = _TRAIN["weights"]
+    image_size: int = _TRAIN["image_size"]
+    epochs: int = _TRAIN["epochs"]
+    batch_size: int = _TRAIN["batch_size"]
+    lr: float = _TRAIN["lr"]
+    weight_decay: float = _TRAIN["weight_decay"]
+    warmup_epochs: float = _TRAIN["warmup_epochs"]
+    label_smoothing: float = _TRAIN["label_smoothing"]
+    amp: Amp = _TRAIN["amp"]
+    channels_last: bool = _TRAIN["channels_last"]
+    compile: bool = _TRAIN["compile"]
+    gpus: int = _TRAIN["gpus"]
+    ddp_processes: int = _TRAIN["ddp_processes"]
+    sync_bn: bool = _TRAIN["sync_bn"]
+    deterministic: bool = _TRAIN["deterministic"]
+    seed: int = _TRAIN["seed"]
+    num_workers: int = _TRAIN["num_workers"]
+    resume: Resume = _TRAIN["resume"]
+    monitor: Monitor = _TRAIN["monitor"]
+    normalize: Normalize = _TRAIN["normalize"]
+    device: Device = _TRAIN["device"]
+    augment: dict[str, Any] = field(default_factory=lambda: dict(_AUGMENT))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a config mapping; a missing key takes the schema's default (augmentation
+        key by key), an unknown key is an error that names it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CvpipeError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**{**values, "augment": {**_AUGMENT, **values.get("augment", {})}})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        for name, allowed in literal_fields(TrainConfig).items():
+            if getattr(self, name) not in allowed:
+                raise CvpipeError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.gpus > 0 and self.ddp_processes > 1:
+            raise CvpipeError(
+                "set either gpus (one process per GPU) or ddp_processes (CPU processes), not both"
+            )
+        AugmentPolicy(**self.augment)  # unknown augmentation keys fail here
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the trained weights (what resume compares)."""
+        return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
+
+
+def literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """Field name -> allowed values, for the dataclass fields typed with a `Literal`."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is Literal
+    }
