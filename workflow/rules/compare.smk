@@ -29,7 +29,7 @@ rule compare:
     log:
         "results/logs/compare.log",
     params:
-        experiments=" ".join(f"--experiment {e}=results/{e}" for e in EXPERIMENTS),
+        experiments=EXPERIMENTS,
         history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
         stage_code=report_stage_code(REPORTED_STAGES),
@@ -38,6 +38,9 @@ rule compare:
     conda:
         ENV
     shell:
-        "python -m cvpipe compare {params.experiments} --csv {output.csv} --md {output.md}"
-        " --html {output.html} --png {output.png} --metrics {output.metrics}"
-        " --history-dir {params.history_dir} --dpi {params.dpi} {params.stage_code} > {log} 2>&1"
+        # Each list in EXPERIMENTS order (expand keeps it): compare reads exactly these files.
+        "python -m cvpipe compare --experiment {params.experiments} --metrics {input.metrics}"
+        " --timing {input.timing} --provenance {input.provenance} --history {input.history}"
+        " --csv {output.csv} --md {output.md} --html {output.html} --png {output.png}"
+        " --metrics-out {output.metrics} --history-dir {params.history_dir} --dpi {params.dpi}"
+        " {params.stage_code} > {log} 2>&1"
