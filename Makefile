@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml envs/requirements-local.txt
 run: install
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) && \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) --report results/report.html && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) --report results/report.html \
+	  --report-metadata results/comparison/report-metadata.json && \
 	echo "Workflow finished in $$(( $$(date +%s) - start )) s." && \
 	cat results/comparison/comparison.md && \
 	echo "Report: $(CURDIR)/results/report.html"

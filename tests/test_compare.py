@@ -26,7 +26,8 @@ def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     for option, name in zip(("csv", "md", "html", "png", "metrics-out"), OUTPUTS, strict=True):
         args += [f"--{option}", str(out / name)]
-    args += ["--history-dir", str(out / "history"), "--dpi", "120"]
+    args += ["--history-dir", str(out / "history"), "--dpi", "120", "--container", "none"]
+    args += ["--report-metadata", str(out / "report-metadata.json")]
     reads: list[str] = []
     read_text = pathlib.Path.read_text
 

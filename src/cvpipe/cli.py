@@ -176,9 +176,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", nargs="+", required=True, metavar="NAME")
     for name in ("metrics", "timing", "provenance", "history"):
         p.add_argument(f"--{name}", nargs="+", required=True, metavar="PATH")
-    for name in ("csv", "md", "html", "png", "metrics-out", "history-dir"):
+    for name in ("csv", "md", "html", "png", "metrics-out", "history-dir", "report-metadata"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, required=True)
+    p.add_argument("--container", required=True, help="the configured image, for the report")
     p.add_argument(
         "--stage-code", type=_named_path, action="append", default=[], metavar="STAGE=CODE",
         help="the workflow's code fingerprint of a stage, for the report (repeatable)",
@@ -200,11 +201,13 @@ def run_compare(a: argparse.Namespace) -> None:
         for i, name in enumerate(a.experiment)
     }
     out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics_out}
+    out |= {"history_dir": a.history_dir, "report_metadata": a.report_metadata}
     compare(
         experiments=experiments,
-        out={**out, "history_dir": a.history_dir},
+        out=out,
         dpi=a.dpi,
         stage_code=dict(a.stage_code),
+        container=a.container,
     )
 
 

@@ -3,7 +3,9 @@
 Writes `comparison.csv` and `comparison.md` (one row per experiment), `comparison.html` (the same
 table plus each experiment's provenance, for the Snakemake report), `comparison.png` (test
 accuracy and macro-F1 per experiment), and for DVC (`dvc metrics diff`, `dvc plots diff`):
-`metrics.json` (test metrics by experiment) and `history/<experiment>.csv` (per-epoch curves).
+`metrics.json` (test metrics by experiment) and `history/<experiment>.csv` (per-epoch curves);
+and `report-metadata.json`, what ran (container, data and code fingerprints), for the report's
+landing page (`snakemake --report ... --report-metadata`).
 
 It reads the files the workflow's rule declares, each once: per experiment its metrics.json,
 timing.json, provenance.json and history.csv (`ExperimentFiles`).
@@ -150,6 +152,28 @@ def html_page(
     )
 
 
+def report_metadata(
+    provenance: dict[str, dict], stage_code: dict[str, str], container: str
+) -> dict[str, str]:
+    """What ran, as the flat key/value table of the report's landing page: the configured
+    image and the one the jobs ran in, the data fingerprint (manifest sha256), the git state and
+    the code fingerprint of every stage (training's per experiment, from its provenance)."""
+
+    def one(get) -> str:
+        return "; ".join(dict.fromkeys(str(get(p)) for p in provenance.values()))
+
+    return {
+        "container image (config)": container,
+        "container the jobs ran in": one(_container),
+        "data: manifest sha256": one(lambda p: p["data"]["manifest_sha256"]),
+        "git": one(lambda p: f"{p['git']['describe']} ({p['git']['commit']})"),
+        **{
+            f"code: train ({name})": p["code"]["fingerprint"][:12] for name, p in provenance.items()
+        },
+        **{f"code: {stage}": code for stage, code in stage_code.items()},
+    }
+
+
 def plot_comparison(rows: list[dict]) -> plt.Figure:
     names = [r["experiment"] for r in rows]
     fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(rows), 3.6))
@@ -180,11 +204,13 @@ def compare(
     out: dict[str, str | Path],
     dpi: int,
     stage_code: dict[str, str] | None = None,
+    container: str = "",
 ) -> list[dict]:
     """Build the comparison of `{experiment: its result files}`.
 
-    `out` maps csv/md/html/png/metrics to paths and history_dir to a folder; `stage_code` maps
-    stage names to the code fingerprints the workflow ran them with (for the report).
+    `out` maps csv/md/html/png/metrics/report_metadata to paths and history_dir to a folder;
+    `stage_code` maps stage names to the code fingerprints the workflow ran them with, and
+    `container` is the configured image (both for the report).
     """
     results = {name: ExperimentResults.read(files) for name, files in experiments.items()}
     rows = [experiment_row(name, r) for name, r in results.items()]
@@ -203,4 +229,7 @@ def compare(
         name: {key: r.metrics[key] for key in SUMMARY_METRICS} for name, r in results.items()
     }
     atomic.write_json(out["metrics"], summary)
+    # JSON is YAML, which is what Snakemake reads (yte) from --report-metadata.
+    metadata = report_metadata(provenance, stage_code or {}, container)
+    atomic.write_json(out["report_metadata"], metadata)
     return rows

@@ -26,6 +26,8 @@ rule compare:
         ),
         metrics="results/comparison/metrics.json",
         history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
+        # The report's landing page: snakemake --report ... --report-metadata <this file>.
+        report_metadata="results/comparison/report-metadata.json",
     log:
         "results/logs/compare.log",
     params:
@@ -33,6 +35,7 @@ rule compare:
         history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
         stage_code=report_stage_code(REPORTED_STAGES),
+        container=config["container"],
         code=stage_code("compare"),
     localrule: True
     conda:
@@ -42,5 +45,6 @@ rule compare:
         "python -m cvpipe compare --experiment {params.experiments} --metrics {input.metrics}"
         " --timing {input.timing} --provenance {input.provenance} --history {input.history}"
         " --csv {output.csv} --md {output.md} --html {output.html} --png {output.png}"
-        " --metrics-out {output.metrics} --history-dir {params.history_dir} --dpi {params.dpi}"
-        " {params.stage_code} > {log} 2>&1"
+        " --metrics-out {output.metrics} --history-dir {params.history_dir}"
+        " --report-metadata {output.report_metadata} --dpi {params.dpi}"
+        " --container {params.container:q} {params.stage_code} > {log} 2>&1"
