@@ -15,7 +15,7 @@ IMAGE ?= $(shell sed -n 's/^image: *//p' envs/versions.yaml)
 ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || (command -v podman >/dev/null 2>&1 && echo podman))
 SIF ?= cvpipe.sif
 
-.PHONY: install run report test test-slurm lint format clean container sif
+.PHONY: install run report test test-slurm lint format clean container sif config-readme
 
 install: $(STAMP)
 
@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml envs/requirements-local.txt
 run: install
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) && \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) --report results/report.html && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(SNAKEMAKE) --report results/report.html \
+	  --report-metadata results/comparison/report-metadata.json && \
 	echo "Workflow finished in $$(( $$(date +%s) - start )) s." && \
 	cat results/comparison/comparison.md && \
 	echo "Report: $(CURDIR)/results/report.html"
@@ -53,6 +54,10 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 	$(BIN)/snakefmt Snakefile workflow
+
+# config/README.md from workflow/schemas/config.schema.yaml (tests/test_configdoc.py checks it).
+config-readme: install
+	$(BIN)/python -m cvpipe.configdoc
 
 # The pinned CUDA image, built locally (no registry needed): `make container` with Docker or
 # Podman, `make sif` with Apptainer alone. Then: snakemake --sdm apptainer --config

@@ -1,33 +1,6 @@
-# cvpipe: labelled images in; trained, evaluated, plotted and reported classifiers out.
-# Stages live in workflow/rules/ (one file each), settings in config/config.yaml, the code they
-# run in the cvpipe package (src/cvpipe). Outputs go to results/. See docs/architecture.md.
-from snakemake.utils import min_version
-
-min_version("9.0")
-
-
-configfile: "config/config.yaml"
-
-
-# Every job runs in this image under `--sdm apptainer` (or `--use-singularity`); without it,
-# jobs use the current environment, or envs/cvpipe.yaml under `--sdm conda`.
-container: config["container"]
-
-
-report: "workflow/report/workflow.rst"
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/dataset.smk"
-include: "workflow/rules/index.smk"
-include: "workflow/rules/preprocess.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/plots.smk"
-include: "workflow/rules/compare.smk"
-
-
-rule all:
-    default_target: True
-    input:
-        final_outputs(),
+# `snakemake` from the repository root runs the workflow in workflow/Snakefile (where the
+# Snakemake workflow catalog and `module` users expect it), with config/ and results/ here.
+# Not the `include:` directive: an include keeps the including file's default target (none
+# here), so plain `snakemake` would do nothing; this call takes workflow/Snakefile's `rule all`,
+# as `module` and `snakemake -s workflow/Snakefile` do (snakemake/workflow.py, `include`).
+workflow.include("workflow/Snakefile", overwrite_default_target=True)

@@ -108,7 +108,8 @@ def test_cli_changes_reach_only_their_subcommand(package):
 
 def test_a_new_import_joins_the_closure(package):
     (package / "newmodule.py").write_text("VALUE = 1\n")
-    edit(package / "plots.py", "from cvpipe import atomic", "from cvpipe import atomic, newmodule")
+    anchor = "from cvpipe.index import read_manifest"
+    edit(package / "plots.py", anchor, f"from cvpipe import newmodule\n{anchor}")
     assert "newmodule" in hashes(package, "plots")
     assert "newmodule" not in hashes(package, "train")
 

@@ -8,6 +8,7 @@ the same result, and bad data or a bad config stops the run with a message namin
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from helpers import (
     tool_env,
 )
 
+from cvpipe import stagecode
 from cvpipe.synth import draw_image
 
 pytestmark = pytest.mark.slow
@@ -73,12 +75,25 @@ def test_pipeline_produces_every_result(tiny_run):
 
 
 def test_report_holds_every_figure_and_the_comparison(tiny_run_copy):
-    snakemake(tiny_run_copy, "--report", "results/report.html")
+    # As `make run` builds it.
+    metadata = "results/comparison/report-metadata.json"
+    snakemake(tiny_run_copy, "--report", "results/report.html", "--report-metadata", metadata)
     html = (tiny_run_copy / "results" / "report.html").read_text()
     for name in ("comparison.html", "comparison.png", *(f"{p}.png" for p in PLOTS)):
         assert name in html
     for exp in EXPERIMENTS:
         assert exp in html
+    # It opens with what ran: the config (tiny.yaml's values), the container, the data and
+    # code fingerprints.
+    assert "train.augment.hflip" in html and "experiments.resnet18_48px.image_size" in html
+    assert "synth.images_per_class" in html and ">16<" in html
+    assert "docker://ghcr.io/cvpipe/cvpipe" in html
+    ran = json.loads((tiny_run_copy / metadata).read_text())
+    manifest = tiny_run_copy / "results" / "dataset" / "manifest.csv"
+    assert ran["data: manifest sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert ran["code: evaluate"] == stagecode.short(stagecode.stage_hashes(["evaluate"]))
+    for key, value in ran.items():
+        assert json.dumps(key)[1:-1] in html and json.dumps(value)[1:-1] in html, key
 
 
 def test_second_run_has_nothing_to_do(tiny_run):

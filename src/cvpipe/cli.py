@@ -200,12 +200,14 @@ def run_plots(a: argparse.Namespace) -> None:
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="table and chart over experiments")
-    p.add_argument(
-        "--experiment", type=_named_path, action="append", required=True, metavar="NAME=DIR"
-    )
-    for name in ("csv", "md", "html", "png", "metrics", "history-dir"):
+    # One value per experiment in each list, in the same order (the rule passes its inputs).
+    p.add_argument("--experiment", nargs="+", required=True, metavar="NAME")
+    for name in ("metrics", "timing", "provenance", "history"):
+        p.add_argument(f"--{name}", nargs="+", required=True, metavar="PATH")
+    for name in ("csv", "md", "html", "png", "metrics-out", "history-dir", "report-metadata"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--dpi", type=int, required=True)
+    p.add_argument("--container", required=True, help="the configured image, for the report")
     p.add_argument(
         "--stage-code", type=_named_path, action="append", required=True, metavar="STAGE=CODE",
         help="the workflow's code fingerprint of a stage, for the report (repeatable)",
@@ -214,13 +216,27 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def run_compare(a: argparse.Namespace) -> None:
-    from cvpipe.compare import compare
+    from cvpipe.compare import ExperimentFiles, compare
 
-    out: dict[str, str] = {
-        "csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics,
-        "history_dir": a.history_dir,
-    }  # fmt: skip
-    compare(result_dirs=dict(a.experiment), out=out, dpi=a.dpi, stage_code=dict(a.stage_code))
+    files = {key: getattr(a, key) for key in ("metrics", "timing", "provenance", "history")}
+    for name, paths in files.items():
+        if len(paths) != len(a.experiment):
+            raise CvpipeError(
+                f"--{name} has {len(paths)} paths for {len(a.experiment)} experiments"
+            )
+    experiments = {
+        name: ExperimentFiles(**{key: paths[i] for key, paths in files.items()})
+        for i, name in enumerate(a.experiment)
+    }
+    out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics_out}
+    out |= {"history_dir": a.history_dir, "report_metadata": a.report_metadata}
+    compare(
+        experiments=experiments,
+        out=out,
+        dpi=a.dpi,
+        stage_code=dict(a.stage_code),
+        container=a.container,
+    )
 
 
 def add_config(sub: argparse._SubParsersAction) -> None:

@@ -3,7 +3,12 @@
 Writes `comparison.csv` and `comparison.md` (one row per experiment), `comparison.html` (the same
 table plus each experiment's provenance, for the Snakemake report), `comparison.png` (test
 accuracy and macro-F1 per experiment), and for DVC (`dvc metrics diff`, `dvc plots diff`):
-`metrics.json` (test metrics by experiment) and `history/<experiment>.csv` (per-epoch curves).
+`metrics.json` (test metrics by experiment) and `history/<experiment>.csv` (per-epoch curves);
+and `report-metadata.json`, what ran (container, data and code fingerprints), for the report's
+landing page (`snakemake --report ... --report-metadata`).
+
+It reads the files the workflow's rule declares, each once: per experiment its metrics.json,
+timing.json, provenance.json and history.csv (`ExperimentFiles`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import csv
 import html
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cvpipe import atomic
-from cvpipe.plots import plt, read_csv, save_figure
+from cvpipe.figures import plt, save_figure
 
 COLUMNS = (
     "experiment", "model", "image_size", "epochs", "test_accuracy", "test_macro_f1",
@@ -23,12 +29,39 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def experiment_row(name: str, result_dir: Path) -> dict:
-    """One table row from an experiment's results folder."""
-    metrics = json.loads((result_dir / "eval" / "metrics.json").read_text())
-    timing = json.loads((result_dir / "eval" / "timing.json").read_text())
-    prov = json.loads((result_dir / "provenance.json").read_text())
-    history = read_csv(result_dir / "train" / "history.csv")
+@dataclass(frozen=True)
+class ExperimentFiles:
+    """The result files of one experiment that the comparison reads."""
+
+    metrics: str | Path
+    timing: str | Path
+    provenance: str | Path
+    history: str | Path
+
+
+@dataclass(frozen=True)
+class ExperimentResults:
+    """Those files' contents, read once."""
+
+    metrics: dict
+    timing: dict
+    provenance: dict
+    history_csv: str
+
+    @classmethod
+    def read(cls, files: ExperimentFiles) -> ExperimentResults:
+        return cls(
+            metrics=json.loads(Path(files.metrics).read_text()),
+            timing=json.loads(Path(files.timing).read_text()),
+            provenance=json.loads(Path(files.provenance).read_text()),
+            history_csv=Path(files.history).read_text(),
+        )
+
+
+def experiment_row(name: str, results: ExperimentResults) -> dict:
+    """One table row from an experiment's results."""
+    metrics, prov = results.metrics, results.provenance
+    history = csv.DictReader(io.StringIO(results.history_csv, newline=""))
     auc = metrics["macro_roc_auc"]
     return {
         "experiment": name,
@@ -40,7 +73,7 @@ def experiment_row(name: str, result_dir: Path) -> dict:
         "test_macro_roc_auc": None if auc is None else round(auc, 4),
         "best_epoch": metrics["epoch"],
         "train_seconds": round(sum(float(r["epoch_seconds"]) for r in history), 1),
-        "inference_images_per_s": timing["inference_images_per_s"],
+        "inference_images_per_s": results.timing["inference_images_per_s"],
     }
 
 
@@ -119,6 +152,28 @@ def html_page(
     )
 
 
+def report_metadata(
+    provenance: dict[str, dict], stage_code: dict[str, str], container: str
+) -> dict[str, str]:
+    """What ran, as the flat key/value table of the report's landing page: the configured
+    image and the one the jobs ran in, the data fingerprint (manifest sha256), the git state and
+    the code fingerprint of every stage (training's per experiment, from its provenance)."""
+
+    def one(get) -> str:
+        return "; ".join(dict.fromkeys(str(get(p)) for p in provenance.values()))
+
+    return {
+        "container image (config)": container,
+        "container the jobs ran in": one(_container),
+        "data: manifest sha256": one(lambda p: p["data"]["manifest_sha256"]),
+        "git": one(lambda p: f"{p['git']['describe']} ({p['git']['commit']})"),
+        **{
+            f"code: train ({name})": p["code"]["fingerprint"][:12] for name, p in provenance.items()
+        },
+        **{f"code: {stage}": code for stage, code in stage_code.items()},
+    }
+
+
 def plot_comparison(rows: list[dict]) -> plt.Figure:
     names = [r["experiment"] for r in rows]
     fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(rows), 3.6))
@@ -145,34 +200,36 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", "log_loss")
 
 
 def compare(
-    result_dirs: dict[str, str | Path],
+    experiments: dict[str, ExperimentFiles],
     out: dict[str, str | Path],
-    dpi: int = 120,
+    dpi: int,
     stage_code: dict[str, str] | None = None,
+    container: str = "",
 ) -> list[dict]:
-    """Build the comparison of `{experiment: results dir}`.
+    """Build the comparison of `{experiment: its result files}`.
 
-    `out` maps csv/md/html/png/metrics to paths and history_dir to a folder; `stage_code` maps
-    stage names to the code fingerprints the workflow ran them with (for the report).
+    `out` maps csv/md/html/png/metrics/report_metadata to paths and history_dir to a folder;
+    `stage_code` maps stage names to the code fingerprints the workflow ran them with, and
+    `container` is the configured image (both for the report).
     """
-    rows = [experiment_row(name, Path(d)) for name, d in result_dirs.items()]
-    provenance = {
-        name: json.loads((Path(d) / "provenance.json").read_text())
-        for name, d in result_dirs.items()
-    }
+    results = {name: ExperimentResults.read(files) for name, files in experiments.items()}
+    rows = [experiment_row(name, r) for name, r in results.items()]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(out["csv"], buf.getvalue())
     atomic.write_text(out["md"], markdown_table(rows))
+    provenance = {name: r.provenance for name, r in results.items()}
     atomic.write_text(out["html"], html_page(rows, provenance, stage_code))
     save_figure(plot_comparison(rows), out["png"], dpi)
-    summary = {}
-    for name, d in result_dirs.items():
-        metrics = json.loads((Path(d) / "eval" / "metrics.json").read_text())
-        summary[name] = {key: metrics[key] for key in SUMMARY_METRICS}
-        history = (Path(d) / "train" / "history.csv").read_text()
-        atomic.write_text(Path(out["history_dir"]) / f"{name}.csv", history)
+    for name, r in results.items():
+        atomic.write_text(Path(out["history_dir"]) / f"{name}.csv", r.history_csv)
+    summary = {
+        name: {key: r.metrics[key] for key in SUMMARY_METRICS} for name, r in results.items()
+    }
     atomic.write_json(out["metrics"], summary)
+    # JSON is YAML, which is what Snakemake reads (yte) from --report-metadata.
+    metadata = report_metadata(provenance, stage_code or {}, container)
+    atomic.write_json(out["report_metadata"], metadata)
     return rows

@@ -11,32 +11,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 
-from cvpipe import atomic
+from cvpipe.figures import plt, read_csv, save_figure
 from cvpipe.index import read_manifest
 from cvpipe.preprocess import load_resized
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int) -> None:
-    """Save atomically and close the figure."""
-    suffix = Path(path).suffix
-    with atomic.atomic_path(path, suffix=suffix) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip("."))
-    plt.close(fig)
 
 
 def plot_curves(history: list[dict[str, str]], title: str) -> plt.Figure:

@@ -6,12 +6,23 @@ import re
 import signal
 import sys
 
+from snakemake.sourcecache import LocalSourceFile
 from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-# The workflow runs its own checkout's code: the Snakefile imports cvpipe from src/ next to it,
-# and every job does too (cvpipe.jobenv), also in a container or conda env.
-SRC = os.path.join(workflow.basedir, "src")
+# The workflow runs its own checkout's code: the Snakefile imports cvpipe from the src/ of the
+# checkout this file lies in, and every job does too (cvpipe.jobenv), also in a container or
+# conda env. Found from this file, not from `workflow.basedir` (the main Snakefile's folder: the
+# repository root, or another project when cvpipe is used as a module).
+_HERE = workflow.current_basedir
+if not isinstance(_HERE, LocalSourceFile):
+    raise WorkflowError(
+        f"cvpipe runs the code of its own checkout, and {_HERE.get_path_or_uri(secret_free=True)} is not on "
+        "this machine: clone cvpipe and point `module cvpipe: snakefile:` at its "
+        'workflow/Snakefile (README, "Use as a module").'
+    )
+REPO = os.path.normpath(os.path.join(_HERE.get_path_or_uri(secret_free=True), "..", ".."))
+SRC = os.path.join(REPO, "src")
 PACKAGE = os.path.join(SRC, "cvpipe")
 CODE_CACHE = "results/.cache/code-fingerprint.json"  # per file state, like the data's
 sys.path.insert(0, SRC)
@@ -52,7 +63,7 @@ IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deploy
 shell.prefix(jobenv.shell_prefix(SRC, config["container"] if IN_CONTAINER else None))
 if IN_CONTAINER:
     jobenv.prepare_apptainer(
-        config["container"], workflow.deployment_settings.apptainer_prefix, workflow.basedir
+        config["container"], workflow.deployment_settings.apptainer_prefix, REPO
     )
 
 

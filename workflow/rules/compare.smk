@@ -26,18 +26,25 @@ rule compare:
         ),
         metrics="results/comparison/metrics.json",
         history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
+        # The report's landing page (given to the report with --report-metadata).
+        report_metadata="results/comparison/report-metadata.json",
     log:
         "results/logs/compare.log",
     params:
-        experiments=" ".join(f"--experiment {e}=results/{e}" for e in EXPERIMENTS),
+        experiments=EXPERIMENTS,
         history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
         stage_code=report_stage_code(REPORTED_STAGES),
+        container=config["container"],
         code=stage_code("compare"),
     localrule: True
     conda:
         ENV
     shell:
-        "python -m cvpipe compare {params.experiments} --csv {output.csv} --md {output.md}"
-        " --html {output.html} --png {output.png} --metrics {output.metrics}"
-        " --history-dir {params.history_dir} --dpi {params.dpi} {params.stage_code} > {log} 2>&1"
+        # Each list in EXPERIMENTS order (expand keeps it): compare reads exactly these files.
+        "python -m cvpipe compare --experiment {params.experiments} --metrics {input.metrics}"
+        " --timing {input.timing} --provenance {input.provenance} --history {input.history}"
+        " --csv {output.csv} --md {output.md} --html {output.html} --png {output.png}"
+        " --metrics-out {output.metrics} --history-dir {params.history_dir}"
+        " --report-metadata {output.report_metadata} --dpi {params.dpi}"
+        " --container {params.container:q} {params.stage_code} > {log} 2>&1"

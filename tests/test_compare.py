@@ -1,0 +1,51 @@
+"""The compare stage reads the result files the rule passes, each once, and writes the same
+comparison the workflow did."""
+
+from __future__ import annotations
+
+import pathlib
+
+from helpers import EXPERIMENTS
+
+from cvpipe.cli import main
+
+INPUTS = {
+    "metrics": "eval/metrics.json",
+    "timing": "eval/timing.json",
+    "provenance": "provenance.json",
+    "history": "train/history.csv",
+}
+OUTPUTS = ("comparison.csv", "comparison.md", "comparison.html", "comparison.png", "metrics.json")
+
+
+def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
+    results = tiny_run / "results"
+    args = ["compare", "--experiment", *EXPERIMENTS]
+    for option, name in INPUTS.items():
+        args += [f"--{option}", *(str(results / e / name) for e in EXPERIMENTS)]
+    out = tmp_path / "out"
+    for option, name in zip(("csv", "md", "html", "png", "metrics-out"), OUTPUTS, strict=True):
+        args += [f"--{option}", str(out / name)]
+    args += ["--history-dir", str(out / "history"), "--dpi", "120", "--container", "none"]
+    args += ["--report-metadata", str(out / "report-metadata.json")]
+    reads: list[str] = []
+    read_text = pathlib.Path.read_text
+
+    def counting_read_text(self, *a, **k):
+        reads.append(str(self))
+        return read_text(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counting_read_text)
+    assert main(args) == 0
+    monkeypatch.undo()
+
+    declared = [str(results / e / name) for name in INPUTS.values() for e in EXPERIMENTS]
+    assert sorted(r for r in reads if r.startswith(str(results))) == sorted(declared)
+    # Same outputs as the workflow's own compare job (which also listed the stages' code).
+    comparison = results / "comparison"
+    for name in ("comparison.csv", "comparison.md", "comparison.png", "metrics.json"):
+        assert (out / name).read_bytes() == (comparison / name).read_bytes(), name
+    for e in EXPERIMENTS:
+        assert (out / "history" / f"{e}.csv").read_text() == (
+            comparison / "history" / f"{e}.csv"
+        ).read_text()
