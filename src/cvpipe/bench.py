@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -124,11 +125,11 @@ def prepare_data(
 
 def measure(batches, epochs: int, make_input) -> float:
     """Images/s over `epochs` passes, not counting the first batch (worker start-up)."""
-    count, started = 0, None
+    count, started = 0, 0.0
     for _ in range(epochs):
         for images, _labels in batches():
             x = make_input(images)
-            if started is None:
+            if not started:
                 started = time.perf_counter()
                 continue
             count += x.shape[0]
@@ -169,7 +170,7 @@ def bench_loader(
         def cvpipe_input(images):
             return train_transform(images, augment, mean, std, gen)
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for n in sorted({0, workers}):
             loader = build_loader(
                 CacheSplit(cache, "train"),
@@ -281,7 +282,7 @@ def bench_train(
     if not data_root:
         needed = math.ceil((steps + warmup + 1) * batch_size / (TRAIN_FRACTION * len(CLASSES)))
         images_per_class = params["images_per_class"] = max(images_per_class, needed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
         _, _, cache, _ = prepare_data(
             data_root, images_per_class, source_size, image_size, Path(tmp)

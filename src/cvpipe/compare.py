@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +110,18 @@ def _container(p: dict) -> str:
     return f"{c['uri']} ({inside}; digest {c['digest'] or 'not readable'})"
 
 
+VERSIONS = ("python", "torch", "torchvision", "cuda", "cudnn", "opencv", "snakemake")
+
+
+def _version(name: str) -> Callable[[dict], object]:
+    return lambda p: p["versions"][name]
+
+
 def html_page(
     rows: list[dict], provenance: dict[str, dict], stage_code: dict[str, str] | None = None
 ) -> str:
     names = list(provenance)
-    fields = {
+    fields: dict[str, Callable[[dict], object]] = {
         "git describe": lambda p: p["git"]["describe"],
         "git commit": lambda p: p["git"]["commit"],
         "uncommitted changes": lambda p: _changes(p["git"]),
@@ -125,10 +133,7 @@ def html_page(
         "manifest sha256": lambda p: p["data"]["manifest_sha256"],
         "device": lambda p: f"{p['device']['type']}: {p['device']['name']}",
         "host": lambda p: p["host"],
-        **{
-            v: (lambda p, v=v: p["versions"][v])
-            for v in ("python", "torch", "torchvision", "cuda", "cudnn", "opencv", "snakemake")
-        },
+        **{v: _version(v) for v in VERSIONS},
         "global batch": lambda p: p["training"]["global_batch"],
         "processes": lambda p: p["training"]["world_size"],
         "amp": lambda p: p["training"]["amp_dtype"],
@@ -201,7 +206,7 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "macro_roc_auc", "log_loss")
 
 def compare(
     experiments: dict[str, ExperimentFiles],
-    out: dict[str, str | Path],
+    out: Mapping[str, str | Path],
     dpi: int,
     stage_code: dict[str, str] | None = None,
     container: str = "",
@@ -214,11 +219,7 @@ def compare(
     """
     results = {name: ExperimentResults.read(files) for name, files in experiments.items()}
     rows = [experiment_row(name, r) for name, r in results.items()]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(out["csv"], buf.getvalue())
+    atomic.write_csv(out["csv"], COLUMNS, rows)
     atomic.write_text(out["md"], markdown_table(rows))
     provenance = {name: r.provenance for name, r in results.items()}
     atomic.write_text(out["html"], html_page(rows, provenance, stage_code))

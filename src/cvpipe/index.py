@@ -181,7 +181,7 @@ def _manifest_rows(
     classes: list[str], good: list[Checked], ratios: dict[str, float], seed: int
 ) -> list[dict]:
     """One manifest row per usable image, classes labelled 0..N-1 in folder order."""
-    rows = []
+    rows: list[dict] = []
     for label, name in enumerate(classes):
         members = [c for c in good if c.class_name == name]
         splits = assign_splits([c.rel for c in members], ratios, seed)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,7 @@ def make_plots(
     predictions_path: str | Path,
     manifest_path: str | Path,
     data_root: str | Path,
-    out: dict[str, str | Path],
+    out: Mapping[str, str | Path],
     title: str,
     image_size: int,
     resize: str = "crop",
