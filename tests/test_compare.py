@@ -28,6 +28,7 @@ def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
         args += [f"--{option}", str(out / name)]
     args += ["--history-dir", str(out / "history"), "--dpi", "120", "--container", "none"]
     args += ["--report-metadata", str(out / "report-metadata.json")]
+    args += ["--stage-code", "evaluate=evaluate:0123abcd", "--stage-code", "plots=plots:4567ef01"]
     reads: list[str] = []
     read_text = pathlib.Path.read_text
 
