@@ -19,6 +19,7 @@ import logging
 import sys
 import typing
 from collections.abc import Sequence
+from typing import Any
 
 from cvpipe.errors import EXIT_PREEMPTED, CvpipeError, Preempted
 
@@ -40,40 +41,39 @@ def _named_path(text: str) -> tuple[str, str]:
     return name, path
 
 
-def add_synth(sub: argparse._SubParsersAction) -> None:
+def _required(p: argparse.ArgumentParser, *options: str, **kwargs: Any) -> None:
+    """Declare `options` as required, all alike (the rules always pass them)."""
+    for option in options:
+        p.add_argument(option, required=True, **kwargs)
+
+
+def add_synth(p: argparse.ArgumentParser) -> None:
+    """Draw the built-in synthetic surface-defect data set."""
     from cvpipe.settings import ImageFormat
 
-    p = sub.add_parser("synth", help="draw the built-in synthetic surface-defect data set")
     p.add_argument("--out", required=True, help="folder to create (one subfolder per class)")
-    p.add_argument("--images-per-class", type=int, required=True)
-    p.add_argument("--size", type=int, required=True, help="image side in pixels")
-    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--format", required=True, choices=typing.get_args(ImageFormat))
-    p.add_argument("--threads", type=int, required=True)
-    p.set_defaults(func=run_synth)
+    _required(p, "--images-per-class", "--size", "--seed", "--threads", type=int)
 
 
 def run_synth(a: argparse.Namespace) -> None:
     from cvpipe.synth import make_dataset
 
     make_dataset(
-        out_dir=a.out, images_per_class=a.images_per_class, size=a.size, seed=a.seed,
-        image_format=a.format, threads=a.threads,
+        out_dir=a.out, images_per_class=a.images_per_class, size=a.size,
+        seed=a.seed, image_format=a.format, threads=a.threads,
     )  # fmt: skip
 
 
-def add_index(sub: argparse._SubParsersAction) -> None:
+def add_index(p: argparse.ArgumentParser) -> None:
+    """Decode-check the data, split it and write the manifest."""
     from cvpipe.settings import OnBadImage
 
-    p = sub.add_parser("index", help="decode-check the data, split it and write the manifest")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--manifest", required=True)
+    _required(p, "--data-root", "--manifest")
     p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
     p.add_argument("--split", type=_ratios, required=True, metavar="train=R,val=R,test=R")
-    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--on-bad-image", required=True, choices=typing.get_args(OnBadImage))
-    p.add_argument("--threads", type=int, required=True)
-    p.set_defaults(func=run_index)
+    _required(p, "--seed", "--threads", type=int)
 
 
 def run_index(a: argparse.Namespace) -> None:
@@ -85,17 +85,13 @@ def run_index(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_preprocess(sub: argparse._SubParsersAction) -> None:
+def add_preprocess(p: argparse.ArgumentParser) -> None:
+    """Decode and resize once into the uint8 cache."""
     from cvpipe.settings import Resize
 
-    p = sub.add_parser("preprocess", help="decode and resize once into the uint8 cache")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--size", type=int, required=True)
     p.add_argument("--resize", required=True, choices=typing.get_args(Resize))
-    p.add_argument("--threads", type=int, required=True)
-    p.set_defaults(func=run_preprocess)
+    _required(p, "--manifest", "--data-root", "--out-dir")
+    _required(p, "--size", "--threads", type=int)
 
 
 def run_preprocess(a: argparse.Namespace) -> None:
@@ -107,15 +103,14 @@ def run_preprocess(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one experiment (run under torchrun for DDP)")
+def add_train(p: argparse.ArgumentParser) -> None:
+    """Train one experiment (run under torchrun for DDP)."""
     p.add_argument("--config", required=True, help="the experiment's resolved settings, as JSON")
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--model", required=True, help="model file to write (best epoch)")
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
     p.add_argument("--provenance", required=True, help="provenance.json to write")
     p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
-    p.set_defaults(func=run_train)
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -132,20 +127,14 @@ def run_train(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_evaluate(sub: argparse._SubParsersAction) -> None:
+def add_evaluate(p: argparse.ArgumentParser) -> None:
+    """Test-split metrics, predictions and inference speed."""
     from cvpipe.settings import Device
 
-    p = sub.add_parser("evaluate", help="test-split metrics, predictions and inference speed")
-    p.add_argument("--model", required=True)
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--timing", required=True)
+    _required(p, "--model", "--cache-dir", "--manifest", "--metrics", "--predictions", "--timing")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", required=True, choices=typing.get_args(Device))
     p.add_argument("--threads", type=int, required=True)
-    p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(a: argparse.Namespace) -> None:
@@ -158,28 +147,15 @@ def run_evaluate(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_plots(sub: argparse._SubParsersAction) -> None:
+def add_plots(p: argparse.ArgumentParser) -> None:
+    """Figures of one experiment."""
     from cvpipe.settings import Resize
 
-    p = sub.add_parser("plots", help="figures of one experiment")
-    for name in (
-        "history",
-        "metrics",
-        "predictions",
-        "manifest",
-        "data-root",
-        "curves",
-        "confusion",
-        "samples",
-        "per-class",
-    ):
-        p.add_argument(f"--{name}", required=True)
+    _required(p, "--history", "--metrics", "--predictions", "--manifest", "--data-root")
+    _required(p, "--curves", "--confusion", "--samples", "--per-class", "--title")
     p.add_argument("--image-size", type=int, required=True, help="as the model saw the images")
     p.add_argument("--resize", required=True, choices=typing.get_args(Resize))
-    p.add_argument("--title", required=True)
-    p.add_argument("--dpi", type=int, required=True)
-    p.add_argument("--num-samples", type=int, required=True)
-    p.set_defaults(func=run_plots)
+    _required(p, "--dpi", "--num-samples", type=int)
 
 
 def run_plots(a: argparse.Namespace) -> None:
@@ -198,21 +174,19 @@ def run_plots(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="table and chart over experiments")
+def add_compare(p: argparse.ArgumentParser) -> None:
+    """Table and chart over experiments."""
     # One value per experiment in each list, in the same order (the rule passes its inputs).
     p.add_argument("--experiment", nargs="+", required=True, metavar="NAME")
-    for name in ("metrics", "timing", "provenance", "history"):
-        p.add_argument(f"--{name}", nargs="+", required=True, metavar="PATH")
-    for name in ("csv", "md", "html", "png", "metrics-out", "history-dir", "report-metadata"):
-        p.add_argument(f"--{name}", required=True)
+    _required(p, "--metrics", "--timing", "--provenance", "--history", nargs="+", metavar="PATH")
+    _required(p, "--csv", "--md", "--html", "--png", "--metrics-out", "--history-dir")
+    _required(p, "--report-metadata")
     p.add_argument("--dpi", type=int, required=True)
     p.add_argument("--container", required=True, help="the configured image, for the report")
     p.add_argument(
         "--stage-code", type=_named_path, action="append", required=True, metavar="STAGE=CODE",
         help="the workflow's code fingerprint of a stage, for the report (repeatable)",
     )  # fmt: skip
-    p.set_defaults(func=run_compare)
 
 
 def run_compare(a: argparse.Namespace) -> None:
@@ -239,18 +213,14 @@ def run_compare(a: argparse.Namespace) -> None:
     )
 
 
-def add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "config",
-        help="print an experiment's resolved training settings (JSON for `cvpipe train --config`)",
-    )
+def add_config(p: argparse.ArgumentParser) -> None:
+    """Print an experiment's resolved training settings (JSON for `cvpipe train --config`)."""
     p.add_argument("--experiment", required=True)
     p.add_argument(
         "--configfile",
         action="append",
         help="config file(s), merged in order (default: config/config.yaml)",
     )
-    p.set_defaults(func=run_config)
 
 
 def run_config(a: argparse.Namespace) -> None:
@@ -264,14 +234,10 @@ def run_config(a: argparse.Namespace) -> None:
     print(json.dumps(experiment_config(config, a.experiment), sort_keys=True))
 
 
-def add_code(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "code",
-        help="print the code fingerprint of stages: the modules each runs and their hashes",
-    )
+def add_code(p: argparse.ArgumentParser) -> None:
+    """Print the code fingerprint of stages: the modules each runs and their hashes."""
     p.add_argument("stages", nargs="+", metavar="STAGE", help="subcommands, e.g. train plots")
     p.add_argument("--json", action="store_true", help="full hashes as JSON")
-    p.set_defaults(func=run_code)
 
 
 def run_code(a: argparse.Namespace) -> None:
@@ -290,12 +256,11 @@ def run_code(a: argparse.Namespace) -> None:
             print(f"  {module:<20} {digest[: stagecode.SHORT]}")
 
 
-def add_gpus(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "gpus",
-        help="run a command on GPU ids of its own (sets CUDA_VISIBLE_DEVICES)",
-        description="Lock COUNT free GPU ids (file locks in LOCK_DIR, released when the command "
-        "exits however it ends), export CUDA_VISIBLE_DEVICES and run the command.",
+def add_gpus(p: argparse.ArgumentParser) -> None:
+    """Run a command on GPU ids of its own (sets CUDA_VISIBLE_DEVICES)."""
+    p.description = (
+        "Lock COUNT free GPU ids (file locks in LOCK_DIR, released when the command exits "
+        "however it ends), export CUDA_VISIBLE_DEVICES and run the command."
     )
     p.add_argument("--count", type=int, required=True, help="GPUs the command needs")
     p.add_argument(
@@ -306,7 +271,6 @@ def add_gpus(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timeout", type=float, help="give up after this many seconds of waiting")
     p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
-    p.set_defaults(func=run_gpus)
 
 
 def run_gpus(a: argparse.Namespace) -> None:
@@ -318,13 +282,13 @@ def run_gpus(a: argparse.Namespace) -> None:
     )
 
 
-def add_bench(sub: argparse._SubParsersAction) -> None:
+def add_bench(p: argparse.ArgumentParser) -> None:
+    """Benchmarks."""
     from cvpipe.settings import TRAIN_DEFAULTS, Amp, Device
 
     # Settings that training has too default to training's (the schema's); the rest are the
     # benchmark's own: its data (larger originals, so decoding costs what it would), workers,
     # passes and steps.
-    p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     b = bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s")
     b.add_argument(
@@ -396,11 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvpipe", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for add in (
-        add_synth, add_index, add_preprocess, add_train, add_evaluate, add_plots, add_compare,
-        add_config, add_code, add_gpus, add_bench,
+    for add, run in (
+        (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
+        (add_train, run_train), (add_evaluate, run_evaluate), (add_plots, run_plots),
+        (add_compare, run_compare), (add_config, run_config), (add_code, run_code),
+        (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
-        add(sub)
+        # The subcommand's name and one-line help come from its `add_` function.
+        help_text = (add.__doc__ or "").splitlines()[0].rstrip(".")
+        command = sub.add_parser(
+            add.__name__.removeprefix("add_"), help=help_text[:1].lower() + help_text[1:]
+        )
+        add(command)
+        if run is not None:
+            command.set_defaults(func=run)
     return parser
 
 

@@ -67,50 +67,57 @@ def defaults(node: dict[str, Any]) -> dict[str, Any]:
 CONFIG_DEFAULTS = defaults(load_schema())
 TRAIN_DEFAULTS = CONFIG_DEFAULTS["train"]
 AUGMENT_DEFAULTS = TRAIN_DEFAULTS["augment"]
-_TRAIN, _AUGMENT = TRAIN_DEFAULTS, AUGMENT_DEFAULTS  # short names for the fields below
+
+
+def _default(*key: str) -> Any:
+    """The schema's default of `train.<key>` (for the dataclass fields below)."""
+    value: Any = TRAIN_DEFAULTS
+    for name in key:
+        value = value[name]
+    return value
 
 
 @dataclass(frozen=True)
 class AugmentPolicy:
     """Strengths of each augmentation (see `cvpipe.augment`); zeros switch parts off."""
 
-    hflip: bool = _AUGMENT["hflip"]
-    vflip: bool = _AUGMENT["vflip"]
-    rot90: bool = _AUGMENT["rot90"]
-    rotate: float = _AUGMENT["rotate"]
-    scale: float = _AUGMENT["scale"]
-    translate: float = _AUGMENT["translate"]
-    brightness: float = _AUGMENT["brightness"]
-    contrast: float = _AUGMENT["contrast"]
+    hflip: bool = _default("augment", "hflip")
+    vflip: bool = _default("augment", "vflip")
+    rot90: bool = _default("augment", "rot90")
+    rotate: float = _default("augment", "rotate")
+    scale: float = _default("augment", "scale")
+    translate: float = _default("augment", "translate")
+    brightness: float = _default("augment", "brightness")
+    contrast: float = _default("augment", "contrast")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One experiment's resolved training settings (documented in config/config.yaml)."""
 
-    model: str = _TRAIN["model"]
-    weights: str = _TRAIN["weights"]
-    image_size: int = _TRAIN["image_size"]
-    epochs: int = _TRAIN["epochs"]
-    batch_size: int = _TRAIN["batch_size"]
-    lr: float = _TRAIN["lr"]
-    weight_decay: float = _TRAIN["weight_decay"]
-    warmup_epochs: float = _TRAIN["warmup_epochs"]
-    label_smoothing: float = _TRAIN["label_smoothing"]
-    amp: Amp = _TRAIN["amp"]
-    channels_last: bool = _TRAIN["channels_last"]
-    compile: bool = _TRAIN["compile"]
-    gpus: int = _TRAIN["gpus"]
-    ddp_processes: int = _TRAIN["ddp_processes"]
-    sync_bn: bool = _TRAIN["sync_bn"]
-    deterministic: bool = _TRAIN["deterministic"]
-    seed: int = _TRAIN["seed"]
-    num_workers: int = _TRAIN["num_workers"]
-    resume: Resume = _TRAIN["resume"]
-    monitor: Monitor = _TRAIN["monitor"]
-    normalize: Normalize = _TRAIN["normalize"]
-    device: Device = _TRAIN["device"]
-    augment: dict[str, Any] = field(default_factory=lambda: dict(_AUGMENT))
+    model: str = _default("model")
+    weights: str = _default("weights")
+    image_size: int = _default("image_size")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    weight_decay: float = _default("weight_decay")
+    warmup_epochs: float = _default("warmup_epochs")
+    label_smoothing: float = _default("label_smoothing")
+    amp: Amp = _default("amp")
+    channels_last: bool = _default("channels_last")
+    compile: bool = _default("compile")
+    gpus: int = _default("gpus")
+    ddp_processes: int = _default("ddp_processes")
+    sync_bn: bool = _default("sync_bn")
+    deterministic: bool = _default("deterministic")
+    seed: int = _default("seed")
+    num_workers: int = _default("num_workers")
+    resume: Resume = _default("resume")
+    monitor: Monitor = _default("monitor")
+    normalize: Normalize = _default("normalize")
+    device: Device = _default("device")
+    augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -120,7 +127,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CvpipeError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**{**values, "augment": {**_AUGMENT, **values.get("augment", {})}})
+        cfg = cls(**{**values, "augment": {**AUGMENT_DEFAULTS, **values.get("augment", {})}})
         cfg.check()
         return cfg
 
