@@ -16,10 +16,10 @@ from cvpipe import checkpoint
 from cvpipe.distributed import DistEnv, pick_device
 from cvpipe.errors import CvpipeError
 from cvpipe.runfiles import RunFiles
+from cvpipe.runtime import amp_dtype
 from cvpipe.train import (
     TrainConfig,
     _try_resume,
-    amp_dtype,
     device_preference,
     train,
     warmup_cosine,

@@ -13,7 +13,6 @@ Outputs:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpipe import atomic, checkpoint
+from cvpipe import atomic, checkpoint, runtime
 from cvpipe.augment import eval_transform
 from cvpipe.data import CacheSplit, build_loader
 from cvpipe.distributed import pick_device
@@ -31,7 +30,6 @@ from cvpipe.errors import CvpipeError
 from cvpipe.index import read_manifest, split_rows
 from cvpipe.metrics import classification_report
 from cvpipe.models import build_model
-from cvpipe.train import amp_dtype
 
 
 def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -69,12 +67,14 @@ def predict(
     channels_last = saved["config"].get("channels_last", False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(saved["config"].get("amp", "off"), device)
+    autocast = runtime.autocast_factory(
+        device, runtime.amp_dtype(saved["config"].get("amp", "off"), device)
+    )
     loader = build_loader(split, batch_size, train=False, pin_memory=device.type == "cuda")
 
     def infer(images: torch.Tensor) -> torch.Tensor:
         x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
-        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        with autocast():
             return torch.softmax(model(x).float(), dim=1).cpu()
 
     probs, labels = [], []
@@ -124,8 +124,7 @@ def evaluate(
 ) -> dict:
     """Evaluate the model on the test split and write the three outputs; returns the metrics."""
     started_unix = time.time()
-    if threads:
-        torch.set_num_threads(threads)
+    runtime.set_threads(threads)
     dev = pick_device(device)
     model, saved = load_model(model_path, dev)
     test = CacheSplit(cache_dir, "test")

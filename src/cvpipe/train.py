@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from cvpipe import checkpoint, distributed, provenance
+from cvpipe import checkpoint, distributed, provenance, runtime
 from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.distributed import DistEnv
@@ -118,33 +118,6 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that determine the trained weights (what resume compares)."""
         return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `amp` on `device`; None means full fp32.
-
-    `auto` is bf16 on CUDA devices that support it, else fp16 (with a GradScaler), and off on the
-    CPU, where bf16 autocast works but runs far slower than fp32 (it is for tests only).
-    """
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if _native_bf16() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _native_bf16() -> bool:
-    """Does the current CUDA device do bf16 in hardware (Ampere and newer)?
-
-    Plain `is_bf16_supported()` also counts emulation, which a V100 or T4 offers at a fraction
-    of fp16's speed; `including_emulation` exists since torch 2.3 (older: the plain query).
-    """
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:
-        return torch.cuda.is_bf16_supported()
 
 
 def device_preference(cfg: TrainConfig) -> str:
@@ -416,12 +389,8 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps, warmup)
     )
-    dtype = amp_dtype(cfg.amp, device)
+    dtype = runtime.amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
     mean, std = _normalization(cfg, stats)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     policy = AugmentPolicy(**cfg.augment)
@@ -435,7 +404,7 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         train_loader=train_loader,
         val_loader=val_loader,
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        autocast=autocast,
+        autocast=runtime.autocast_factory(device, dtype),
         augment=lambda x: train_transform(x, policy, mean_t, std_t, generator, cfg.channels_last),
         plain=lambda x: eval_transform(x, mean_t, std_t, cfg.channels_last),
         aug_generator=generator,
@@ -554,10 +523,7 @@ def train(
     `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
     started = time.time()
-    if threads:
-        # `threads` is the job's share of the machine; torchrun's processes split it.
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, threads // local_processes))
+    runtime.set_threads(threads, per_local_process=True)
     if cfg.deterministic:
         # cuBLAS needs this for deterministic matmuls (PyTorch "Reproducibility" notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
