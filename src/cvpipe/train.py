@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from cvpipe import checkpoint, distributed, provenance, runtime
+from cvpipe import checkpoint, distributed, metrics, provenance, runtime
 from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.distributed import DistEnv
@@ -160,20 +160,6 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
-def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
-
-
-def summarize_confusion(cm: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted)."""
-    cm = cm.double()
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp(min=1)
-    recall = tp / cm.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {"acc": (tp.sum() / cm.sum().clamp(min=1)).item(), "macro_f1": f1.mean().item()}
-
-
 @dataclass
 class EpochProgress:
     """How far an epoch got: batches done, running train sums (over all ranks), seconds."""
@@ -259,10 +245,10 @@ def evaluate_split(
         with autocast():
             logits = model(transform(images))
         loss_sum += criterion(logits.float(), labels).double() * labels.numel()
-        cm += _confusion(labels, logits.argmax(1), num_classes)
+        cm += metrics.torch_confusion(labels, logits.argmax(1), num_classes)
     distributed.all_reduce_sum(loss_sum, env)
     distributed.all_reduce_sum(cm, env)
-    return {"loss": loss_sum.item() / max(cm.sum().item(), 1), **summarize_confusion(cm)}
+    return {"loss": loss_sum.item() / max(cm.sum().item(), 1), **metrics.summarize_confusion(cm)}
 
 
 def _improves(row: dict, best: dict, monitor: str) -> bool:
