@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from cvpipe import checkpoint, distributed, metrics, provenance, runtime
 from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
+from cvpipe.checkpoint import EpochProgress
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.distributed import DistEnv
 from cvpipe.errors import CvpipeError, Preempted
@@ -160,17 +161,6 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
-@dataclass
-class EpochProgress:
-    """How far an epoch got: batches done, running train sums (over all ranks), seconds."""
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
-    seconds: float = 0.0
-
-
 def train_one_epoch(
     model: nn.Module,
     batches,
@@ -269,42 +259,6 @@ def _normalization(cfg: TrainConfig, stats: dict) -> tuple[list[float], list[flo
     return stats["mean"], stats["std"]
 
 
-def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig) -> dict | None:
-    path = files.last_checkpoint
-    if cfg.resume == "never" or not path.exists():
-        return None
-    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
-    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
-    state = checkpoint.load(path, map_location="cpu")
-    saved = state.get("identity") or {}
-    was, now = saved.get("runtime"), identity["runtime"]
-    if was and was != now and {**saved, "runtime": now} == identity:
-        log.warning(
-            "not resuming from %s: it was trained on %s with amp %s, this run is on %s with amp %s"
-            " (random-generator and GradScaler states do not carry over between them); "
-            "training starts from scratch and will overwrite it",
-            path, was["device_type"], was["amp"], now["device_type"], now["amp"],
-        )  # fmt: skip
-        return None
-    if saved != identity:
-        log.warning(
-            "not resuming from %s: it was made with a different config or data set; "
-            "training starts from scratch and will overwrite it",
-            path,
-        )
-        return None
-    if state.get("progress"):
-        log.info(
-            "resuming from %s (epoch %d of %d, after %d batches)",
-            path, state["epoch"] + 1, cfg.epochs, state["progress"]["batches"],
-        )  # fmt: skip
-    else:
-        log.info(
-            "resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, cfg.epochs
-        )
-    return state
-
-
 @dataclass
 class Parts:
     """What one training run works with, built once by `build_parts`."""
@@ -399,53 +353,6 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         std=std,
         amp=str(dtype).removeprefix("torch.") if dtype else "off",
     )
-
-
-def training_state(
-    parts: Parts,
-    epoch: int,
-    history: list,
-    best: dict | None,
-    identity: dict,
-    cfg: TrainConfig,
-    env: DistEnv,
-    progress: EpochProgress | None = None,
-) -> dict:
-    """Everything `last.pt` holds to continue as if never stopped: after `epoch` (0-based)
-    completed, or, with `progress`, in the middle of it. A collective call (RNG states of every
-    rank are gathered), so every rank must make it."""
-    rng = {"process": checkpoint.rng_state(), "augment": parts.aug_generator.get_state()}
-    return {
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "epoch": epoch,
-        "progress": dataclasses.asdict(progress) if progress else None,
-        "history": history,
-        "best": best,
-        "rng_by_rank": distributed.gather_objects(rng, env),
-        "identity": identity,
-        "config": cfg.as_dict(),
-    }
-
-
-def restore(parts: Parts, state: dict, env: DistEnv) -> None:
-    """Load a `training_state` back into the parts and this process's RNGs."""
-    parts.model.load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.scheduler.load_state_dict(state["scheduler"])
-    parts.scaler.load_state_dict(state["scaler"])
-    states = state["rng_by_rank"]
-    if len(states) != env.world_size and state.get("progress"):
-        log.warning(
-            "the checkpoint was made by %d process(es), this run has %d: the interrupted epoch "
-            "continues with other random draws than an uninterrupted run would use",
-            len(states), env.world_size,
-        )  # fmt: skip
-    mine = states[env.rank] if len(states) == env.world_size else states[0]
-    checkpoint.set_rng_state(mine["process"])
-    parts.aug_generator.set_state(mine["augment"].cpu())
 
 
 def run_epoch(
@@ -554,9 +461,11 @@ def _train(
     runtime = {"device_type": env.device.type, "amp": parts.amp}
     identity = {"config": cfg.identity(), "data": data_identity, "runtime": runtime}
     start_epoch, history, best, progress = 0, [], None, EpochProgress()
-    resumed = _try_resume(files, identity, cfg)
+    resumed = None
+    if cfg.resume != "never":
+        resumed = checkpoint.try_resume(files.last_checkpoint, identity, cfg.epochs)
     if resumed:
-        restore(parts, resumed, env)
+        checkpoint.restore(parts, resumed, env)
         history, best = resumed["history"], resumed["best"]
         if resumed["progress"]:  # stopped mid-epoch: continue that epoch
             start_epoch, progress = resumed["epoch"], EpochProgress(**resumed["progress"])
@@ -588,7 +497,9 @@ def _train(
                 raise Preempted(f"stopped by {stop.describe()} after epoch {epoch} (checkpointed)")
             row = run_epoch(parts, cfg, epoch, env, files, progress, stop)
             if row is None:
-                state = training_state(parts, epoch, history, best, identity, cfg, env, progress)
+                state = checkpoint.training_state(
+                    parts, epoch, history, best, identity, cfg.as_dict(), env, progress
+                )
                 files.save_checkpoint(files.last_checkpoint, state)
                 # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
                 # possibly before its checkpoint is on disk.
@@ -605,7 +516,9 @@ def _train(
                 best = {"epoch": epoch + 1, "metrics": row}
                 weights = {"model": parts.model.state_dict(), "epoch": epoch}
                 files.save_checkpoint(files.best_checkpoint, weights)
-            state = training_state(parts, epoch, history, best, identity, cfg, env)
+            state = checkpoint.training_state(
+                parts, epoch, history, best, identity, cfg.as_dict(), env
+            )
             files.save_checkpoint(files.last_checkpoint, state)
             files.write_history(history)
             files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
