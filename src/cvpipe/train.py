@@ -18,30 +18,27 @@ checkpoints mid-epoch and exits for a retry (`cvpipe.preemption`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cvpipe import checkpoint, distributed, metrics, provenance, runtime
-from cvpipe.augment import AugmentPolicy, eval_transform, train_transform
+from cvpipe.augment import AugmentPolicy
 from cvpipe.checkpoint import EpochProgress
-from cvpipe.data import CacheSplit, build_loader, read_stats
+from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
 from cvpipe.errors import CvpipeError, Preempted
-from cvpipe.models import build_model
+from cvpipe.parts import Parts, build_parts
 from cvpipe.preemption import StopRequest
 from cvpipe.runfiles import RunFiles
 
@@ -49,8 +46,6 @@ log = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 MONITORS = ("val_acc", "val_macro_f1", "val_loss")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys that say how a run is launched, not what it learns: a checkpoint made with other values
 # still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
 # they resolve to do count (`runtime` in the resume identity, see `_train`).
@@ -132,55 +127,27 @@ def device_preference(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier per step: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices and kernels, none on biases and norm parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed for everything random in one epoch on one rank (so resume replays it exactly)."""
     return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
 
 
 def train_one_epoch(
-    model: nn.Module,
-    batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    autocast,
-    transform,
-    criterion: nn.Module,
+    parts: Parts,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     env: DistEnv,
     progress: EpochProgress | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
-    """Train on `batches`; returns loss and accuracy over all ranks, and whether it stopped.
+    """Train `parts.wrapped` on `batches` (uint8 images, through `parts.train_transform`);
+    returns loss and accuracy over all ranks, and whether it stopped.
 
     `progress` carries an interrupted epoch's sums in and the new position out;
     `should_stop(batches_done)` is asked after every step (it must agree across ranks).
     """
     progress = progress if progress is not None else EpochProgress()
-    model.train()
+    optimizer, scaler = parts.optimizer, parts.scaler
+    parts.wrapped.train()
     # Summed on the device, so the loop never waits for the GPU; read once at the end. Sums
     # carried over from an interrupted epoch are global, so only rank 0 starts from them.
     start = [progress.loss_sum, progress.correct, progress.count] if env.is_main else [0.0] * 3
@@ -189,15 +156,15 @@ def train_one_epoch(
     for images, labels in batches:
         images = images.to(env.device, non_blocking=True)
         labels = labels.to(env.device, non_blocking=True)
-        x = transform(images)
-        with autocast():
-            logits = model(x)
-            loss = criterion(logits, labels)
+        x = parts.train_transform(images)
+        with parts.autocast():
+            logits = parts.wrapped(x)
+            loss = parts.criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        parts.scheduler.step()
         sums[0] += loss.detach().double() * labels.numel()
         sums[1] += (logits.argmax(1) == labels).sum()
         sums[2] += labels.numel()
@@ -216,25 +183,19 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate_split(
-    model: nn.Module,
-    loader,
-    transform,
-    autocast,
-    criterion: nn.Module,
-    num_classes: int,
-    env: DistEnv,
-) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 on a split, reduced over ranks (every rank gets the same)."""
-    model.eval()
+def evaluate_split(parts: Parts, loader: DataLoader, env: DistEnv) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of `parts.wrapped` on a split (through
+    `parts.eval_transform`), reduced over ranks (every rank gets the same)."""
+    num_classes = parts.num_classes
+    parts.wrapped.eval()
     loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
     for images, labels in loader:
         images = images.to(env.device, non_blocking=True)
         labels = labels.to(env.device, non_blocking=True)
-        with autocast():
-            logits = model(transform(images))
-        loss_sum += criterion(logits.float(), labels).double() * labels.numel()
+        with parts.autocast():
+            logits = parts.wrapped(parts.eval_transform(images))
+        loss_sum += parts.criterion(logits.float(), labels).double() * labels.numel()
         cm += metrics.torch_confusion(labels, logits.argmax(1), num_classes)
     distributed.all_reduce_sum(loss_sum, env)
     distributed.all_reduce_sum(cm, env)
@@ -248,111 +209,6 @@ def _improves(row: dict, best: dict, monitor: str) -> bool:
     if math.isnan(new):
         return False
     return new > old or math.isnan(old) or (new == old and row["val_loss"] < best["val_loss"])
-
-
-def _normalization(cfg: TrainConfig, stats: dict) -> tuple[list[float], list[float]]:
-    mode = cfg.normalize
-    if mode == "auto":
-        mode = "dataset" if cfg.weights == "none" else "imagenet"
-    if mode == "imagenet":
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return stats["mean"], stats["std"]
-
-
-@dataclass
-class Parts:
-    """What one training run works with, built once by `build_parts`."""
-
-    model: nn.Module  # the plain model: saved, loaded, evaluated for the model file
-    forward: nn.Module  # what the steps call: the model, DDP-wrapped and/or compiled
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    train_loader: DataLoader
-    val_loader: DataLoader
-    criterion: nn.Module
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised
-    plain: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> normalised
-    aug_generator: torch.Generator
-    num_classes: int
-    mean: list[float]
-    std: list[float]
-    amp: str  # the autocast dtype's name, or "off"
-
-
-def build_loaders(
-    cfg: TrainConfig, cache_dir: str | Path, env: DistEnv
-) -> tuple[DataLoader, DataLoader]:
-    """Train and val loaders of uint8 batches; each process gets its share of the global batch."""
-    per_rank = cfg.batch_size // env.world_size
-    common = {
-        "rank": env.rank,
-        "world_size": env.world_size,
-        "num_workers": cfg.num_workers,
-        "pin_memory": env.device.type == "cuda",
-    }
-    train_loader = build_loader(
-        CacheSplit(cache_dir, "train"), per_rank, train=True, seed=cfg.seed, **common
-    )
-    val_loader = build_loader(CacheSplit(cache_dir, "val"), per_rank, train=False, **common)
-    return train_loader, val_loader
-
-
-def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistEnv) -> Parts:
-    """Model, optimisation, precision and transforms for a run, on this process's device."""
-    device = env.device
-    train_loader, val_loader = build_loaders(cfg, cache_dir, env)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, len(stats["classes"]), cfg.weights)
-    if cfg.sync_bn and env.distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:  # PyTorch's SyncBatchNorm supports GPU inputs only
-            log.warning("sync_bn is ignored on %s: SyncBatchNorm needs CUDA", device)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    wrapped = model
-    if env.distributed:
-        wrapped = DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    forward = torch.compile(wrapped) if cfg.compile else wrapped
-
-    # The fused CUDA kernel updates all parameters in a few launches instead of several per
-    # tensor; on the CPU the default implementation stays (what the CPU tests pin down).
-    fused = True if device.type == "cuda" else None
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
-    steps = len(train_loader)
-    warmup = max(1, round(cfg.warmup_epochs * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps, warmup)
-    )
-    dtype = runtime.amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    mean, std = _normalization(cfg, stats)
-    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    policy = AugmentPolicy(**cfg.augment)
-    generator = torch.Generator(device=device)
-    return Parts(
-        model=model,
-        forward=forward,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        autocast=runtime.autocast_factory(device, dtype),
-        augment=lambda x: train_transform(x, policy, mean_t, std_t, generator, cfg.channels_last),
-        plain=lambda x: eval_transform(x, mean_t, std_t, cfg.channels_last),
-        aug_generator=generator,
-        num_classes=len(stats["classes"]),
-        mean=mean,
-        std=std,
-        amp=str(dtype).removeprefix("torch.") if dtype else "off",
-    )
 
 
 def run_epoch(
@@ -378,17 +234,11 @@ def run_epoch(
     total = len(parts.train_loader) - progress.batches
     batches = files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
     started = time.perf_counter()
-    fit = train_one_epoch(
-        parts.forward, batches, parts.optimizer, parts.scheduler, parts.scaler,
-        parts.autocast, parts.augment, parts.criterion, env, progress, stop.due,
-    )  # fmt: skip
+    fit = train_one_epoch(parts, batches, env, progress, stop.due)
     progress.seconds += time.perf_counter() - started
     if fit["stopped"]:
         return None
-    val = evaluate_split(
-        parts.forward, parts.val_loader, parts.plain, parts.autocast, parts.criterion,
-        parts.num_classes, env,
-    )  # fmt: skip
+    val = evaluate_split(parts, parts.val_loader, env)
     return {
         "epoch": epoch + 1,
         "lr": parts.optimizer.param_groups[0]["lr"],
