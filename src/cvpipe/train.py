@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import DataLoader
@@ -294,8 +294,14 @@ def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict
 
 
 def _train(
-    cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv, started
-) -> dict:
+    cfg: TrainConfig,
+    cache_dir: str | Path,
+    model_path: str | Path,
+    history_path: str | Path,
+    provenance_path: str | Path | None,
+    env: DistEnv,
+    started: float,
+) -> dict[str, Any]:
     stats = _check_inputs(cfg, cache_dir, env)
     if env.device.type == "cuda":
         # Autotuned convolutions are faster but may pick different kernels run to run.
@@ -305,23 +311,59 @@ def _train(
         log.warning("gpus: %d, but no CUDA device is visible: training on %s", cfg.gpus, env.device)
     parts = build_parts(cfg, stats, cache_dir, env)
     files = RunFiles(model_path, history_path, env)
+    run = _start_or_resume(cfg, stats, parts, files, env)
+    effective = _effective_settings(cfg, parts, env, started)
+    _fit(run)
+    _write_model(run, stats)
+    if provenance_path:
+        _write_provenance(run, provenance_path, stats, effective)
+    return run.best["metrics"]
+
+
+@dataclass
+class _Run:
+    """A run in progress: its settings, parts and files; where it stands (the epoch to start
+    at and how far into it, the history, the best epoch); what a checkpoint must match."""
+
+    cfg: TrainConfig
+    parts: Parts
+    files: RunFiles
+    env: DistEnv
+    identity: dict
+    start_epoch: int = 0
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    resumed: bool = False
+
+
+def _start_or_resume(
+    cfg: TrainConfig, stats: dict, parts: Parts, files: RunFiles, env: DistEnv
+) -> _Run:
+    """A fresh start, or, under `resume: auto`, `last.pt` restored into `parts` if it was made
+    with the same config, data and runtime."""
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
     # Device type and autocast dtype are part of what resumes: the augmentation generator's state
     # differs in kind between CPU and CUDA, and a GradScaler is enabled for fp16 only.
-    runtime = {"device_type": env.device.type, "amp": parts.amp}
-    identity = {"config": cfg.identity(), "data": data_identity, "runtime": runtime}
-    start_epoch, history, best, progress = 0, [], None, EpochProgress()
-    resumed = None
-    if cfg.resume != "never":
-        resumed = checkpoint.try_resume(files.last_checkpoint, identity, cfg.epochs)
-    if resumed:
-        checkpoint.restore(parts, resumed, env)
-        history, best = resumed["history"], resumed["best"]
-        if resumed["progress"]:  # stopped mid-epoch: continue that epoch
-            start_epoch, progress = resumed["epoch"], EpochProgress(**resumed["progress"])
-        else:
-            start_epoch = resumed["epoch"] + 1
+    run_on = {"device_type": env.device.type, "amp": parts.amp}
+    identity = {"config": cfg.identity(), "data": data_identity, "runtime": run_on}
+    run = _Run(cfg, parts, files, env, identity)
+    if cfg.resume == "never":
+        return run
+    resumed = checkpoint.try_resume(files.last_checkpoint, identity, cfg.epochs)
+    if not resumed:
+        return run
+    checkpoint.restore(parts, resumed, env)
+    run.history, run.best, run.resumed = resumed["history"], resumed["best"], True
+    if resumed["progress"]:  # stopped mid-epoch: continue that epoch
+        run.start_epoch, run.progress = resumed["epoch"], EpochProgress(**resumed["progress"])
+    else:
+        run.start_epoch = resumed["epoch"] + 1
+    return run
 
+
+def _effective_settings(cfg: TrainConfig, parts: Parts, env: DistEnv, started: float) -> dict:
+    """How the run is laid out over processes (provenance's `training`), logged once."""
     effective = {
         "world_size": env.world_size,
         "global_batch": cfg.batch_size,
@@ -338,54 +380,78 @@ def _train(
         cfg.model, env.device, env.world_size, cfg.batch_size, effective["per_process_batch"],
         cfg.lr, parts.amp, effective["steps_per_epoch"],
     )  # fmt: skip
-    files.open_tensorboard(purge_step=start_epoch + 1 if resumed else None)
-    stop = StopRequest(env)
+    return effective
+
+
+def _fit(run: _Run) -> None:
+    """Train from where `run` stands to the last epoch, checkpointing after each; a stop
+    request (`cvpipe.preemption`) checkpoints and raises `Preempted`."""
+    files = run.files
+    files.open_tensorboard(purge_step=run.start_epoch + 1 if run.resumed else None)
+    stop = StopRequest(run.env)
     stop.install()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(run.start_epoch, run.cfg.epochs):
             if stop.requested():  # arrived during validation or checkpointing: all is saved
                 raise Preempted(f"stopped by {stop.describe()} after epoch {epoch} (checkpointed)")
-            row = run_epoch(parts, cfg, epoch, env, files, progress, stop)
+            row = run_epoch(run.parts, run.cfg, epoch, run.env, files, run.progress, stop)
             if row is None:
-                state = checkpoint.training_state(
-                    parts, epoch, history, best, identity, cfg.as_dict(), env, progress
-                )
-                files.save_checkpoint(files.last_checkpoint, state)
-                # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
-                # possibly before its checkpoint is on disk.
-                distributed.barrier(env)
-                raise Preempted(
-                    f"stopped by {stop.describe()} in epoch {epoch + 1} after {progress.batches} "
-                    f"of {len(parts.train_loader)} batches; checkpointed to "
-                    f"{files.last_checkpoint}. Run again (Snakemake retries) to resume there."
-                )
-            progress = EpochProgress()
-            history.append(row)
-            improved = best is None or _improves(row, best["metrics"], cfg.monitor)
-            if improved:
-                best = {"epoch": epoch + 1, "metrics": row}
-                weights = {"model": parts.model.state_dict(), "epoch": epoch}
-                files.save_checkpoint(files.best_checkpoint, weights)
-            state = checkpoint.training_state(
-                parts, epoch, history, best, identity, cfg.as_dict(), env
-            )
-            files.save_checkpoint(files.last_checkpoint, state)
-            files.write_history(history)
-            files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
-                " | %.1f img/s%s",
-                epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-                row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
-                "  *best" if improved else "",
-            )  # fmt: skip
+                _stop_mid_epoch(run, epoch, stop)
+            run.progress = EpochProgress()
+            _end_epoch(run, epoch, row)
     finally:
         stop.uninstall()
         files.close()
 
-    distributed.barrier(env)  # rank 0 has written best.pt before anyone reads it
+
+def _checkpoint(run: _Run, epoch: int, progress: EpochProgress | None = None) -> None:
+    """Save `last.pt` (a collective call: every rank makes it)."""
+    state = checkpoint.training_state(
+        run.parts, epoch, run.history, run.best, run.identity, run.cfg.as_dict(), run.env, progress
+    )
+    run.files.save_checkpoint(run.files.last_checkpoint, state)
+
+
+def _stop_mid_epoch(run: _Run, epoch: int, stop: StopRequest) -> NoReturn:
+    """Checkpoint the position inside `epoch` and raise `Preempted` (on every rank)."""
+    _checkpoint(run, epoch, run.progress)
+    # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
+    # possibly before its checkpoint is on disk.
+    distributed.barrier(run.env)
+    raise Preempted(
+        f"stopped by {stop.describe()} in epoch {epoch + 1} after {run.progress.batches} "
+        f"of {len(run.parts.train_loader)} batches; checkpointed to "
+        f"{run.files.last_checkpoint}. Run again (Snakemake retries) to resume there."
+    )
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
+    """Record a finished epoch: best.pt if it improved, last.pt, history, TensorBoard, log."""
+    cfg, files = run.cfg, run.files
+    run.history.append(row)
+    improved = run.best is None or _improves(row, run.best["metrics"], cfg.monitor)
+    if improved:
+        run.best = {"epoch": epoch + 1, "metrics": row}
+        weights = {"model": run.parts.model.state_dict(), "epoch": epoch}
+        files.save_checkpoint(files.best_checkpoint, weights)
+    _checkpoint(run, epoch)
+    files.write_history(run.history)
+    files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
+        " | %.1f img/s%s",
+        epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+        row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
+        "  *best" if improved else "",
+    )  # fmt: skip
+
+
+def _write_model(run: _Run, stats: dict) -> None:
+    """The history, and the model file: the best epoch's weights with what evaluation needs."""
+    cfg, files = run.cfg, run.files
+    distributed.barrier(run.env)  # rank 0 has written best.pt before anyone reads it
     best_weights = checkpoint.load(files.best_checkpoint, map_location="cpu")["model"]
-    files.write_history(history)
+    files.write_history(run.history)
     files.save_checkpoint(
         files.model_path,
         {
@@ -394,18 +460,20 @@ def _train(
             "model_name": cfg.model,
             "classes": stats["classes"],
             "image_size": cfg.image_size,
-            "mean": parts.mean,
-            "std": parts.std,
-            "epoch": best["epoch"],
-            "val_metrics": best["metrics"],
+            "mean": run.parts.mean,
+            "std": run.parts.std,
+            "epoch": run.best["epoch"],
+            "val_metrics": run.best["metrics"],
             "config": cfg.as_dict(),
             "manifest_sha256": stats["manifest_sha256"],
         },
     )
-    if provenance_path:
-        effective["finished_unix"] = time.time()
-        record = provenance.collect(
-            "train", cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
-        )
-        files.write_json(provenance_path, record)
-    return best["metrics"]
+
+
+def _write_provenance(run: _Run, path: str | Path, stats: dict, effective: dict) -> None:
+    """provenance.json: code, data, software and machine, and how the run was laid out."""
+    effective["finished_unix"] = time.time()
+    record = provenance.collect(
+        "train", run.cfg.as_dict(), stats["manifest_sha256"], run.env.device, training=effective
+    )
+    run.files.write_json(path, record)
