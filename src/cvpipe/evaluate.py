@@ -111,6 +111,31 @@ def job_record(started_unix: float) -> dict:
     }
 
 
+def _test_split(cache_dir: str | Path, manifest_path: str | Path) -> tuple[CacheSplit, list]:
+    """The cached test split and its manifest rows, checked to list the same images."""
+    test = CacheSplit(cache_dir, "test")
+    rows = split_rows(read_manifest(manifest_path), "test")
+    if len(rows) != len(test):
+        raise CvpipeError(f"{manifest_path} lists {len(rows)} test images, the cache {len(test)}")
+    if [r["label"] for r in rows] != test.labels.tolist():
+        raise CvpipeError(
+            f"the test cache in {cache_dir} does not match {manifest_path}; rerun preprocess"
+        )
+    return test, rows
+
+
+def _write_predictions(path: str | Path, rows: list, probs: np.ndarray, classes: list[str]) -> None:
+    """predictions.csv: path, true class, predicted class and every class probability."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
+    for row, p in zip(rows, probs, strict=True):
+        writer.writerow(
+            [row["path"], row["class"], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+        )
+    atomic.write_text(path, buf.getvalue())
+
+
 def evaluate(
     model_path: str | Path,
     cache_dir: str | Path,
@@ -127,29 +152,13 @@ def evaluate(
     runtime.set_threads(threads)
     dev = pick_device(device)
     model, saved = load_model(model_path, dev)
-    test = CacheSplit(cache_dir, "test")
-    rows = split_rows(read_manifest(manifest_path), "test")
-    if len(rows) != len(test):
-        raise CvpipeError(f"{manifest_path} lists {len(rows)} test images, the cache {len(test)}")
-    if [r["label"] for r in rows] != test.labels.tolist():
-        raise CvpipeError(
-            f"the test cache in {cache_dir} does not match {manifest_path}; rerun preprocess"
-        )
+    test, rows = _test_split(cache_dir, manifest_path)
     probs, labels, images_per_s, timed = predict(model, saved, test, dev, batch_size)
     classes = saved["classes"]
     report = classification_report(labels, probs, classes)
     metrics = {"model": saved["model_name"], "epoch": saved["epoch"], **report}
     atomic.write_json(metrics_path, metrics)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
-    for row, p in zip(rows, probs, strict=True):
-        writer.writerow(
-            [row["path"], row["class"], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
-        )
-    atomic.write_text(predictions_path, buf.getvalue())
-
+    _write_predictions(predictions_path, rows, probs, classes)
     atomic.write_json(
         timing_path,
         {
