@@ -1,13 +1,16 @@
-"""Train stage: fit a torchvision classifier on the preprocessed cache.
+"""Train stage: the training loop of one experiment, from start or resume to the model file.
+
+`train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line. It starts
+afresh or resumes (`cvpipe.checkpoint`), runs the epochs (`train_one_epoch`, then
+`evaluate_split` on the validation split), and writes the model file, the history and the
+provenance record. The parts it trains (model, AdamW, LR schedule, loss, precision, transforms)
+are assembled by `cvpipe.parts`; threads and autocast come from `cvpipe.runtime`.
 
 One code path for CPU, one GPU, AMP and DDP (under torchrun): mixed precision is a no-op
 `autocast`/`GradScaler` when off, DDP is detected from the environment (`cvpipe.distributed`),
-and every file write goes through `RunFiles`, which only writes on rank 0.
-
-`train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line.
-Optimisation: AdamW (no weight decay on biases and norm layers), linear warm-up then cosine decay
-per step, cross-entropy with label smoothing. `batch_size` and `lr` are for the global batch: a
-DDP job splits the batch over its processes, so it trains like a single process would.
+and every file write goes through `RunFiles`, which only writes on rank 0. `batch_size` and `lr`
+are for the global batch: a DDP job splits the batch over its processes, so it trains like a
+single process would.
 
 After every epoch the full state is checkpointed; `resume: auto` continues from the last
 checkpoint when it was made with the same config and data, and with a fixed seed a resumed CPU run
@@ -211,47 +214,6 @@ def _improves(row: dict, best: dict, monitor: str) -> bool:
     return new > old or math.isnan(old) or (new == old and row["val_loss"] < best["val_loss"])
 
 
-def run_epoch(
-    parts: Parts,
-    cfg: TrainConfig,
-    epoch: int,
-    env: DistEnv,
-    files: RunFiles,
-    progress: EpochProgress,
-    stop: StopRequest,
-) -> dict | None:
-    """Train one epoch and validate; returns the history row (the same on every rank), or None
-    if a stop was requested mid-epoch (`progress` then says where it stopped).
-
-    A fresh epoch seeds its random draws from (seed, epoch, rank); a resumed one continues
-    with the RNG states restored from the checkpoint and skips the batches already done.
-    """
-    if progress.batches == 0:
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-        parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-    parts.train_loader.sampler.set_epoch(epoch)
-    todo = itertools.islice(parts.train_loader, progress.batches, None)
-    total = len(parts.train_loader) - progress.batches
-    batches = files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
-    started = time.perf_counter()
-    fit = train_one_epoch(parts, batches, env, progress, stop.due)
-    progress.seconds += time.perf_counter() - started
-    if fit["stopped"]:
-        return None
-    val = evaluate_split(parts, parts.val_loader, env)
-    return {
-        "epoch": epoch + 1,
-        "lr": parts.optimizer.param_groups[0]["lr"],
-        "train_loss": fit["loss"],
-        "train_acc": fit["acc"],
-        "val_loss": val["loss"],
-        "val_acc": val["acc"],
-        "val_macro_f1": val["macro_f1"],
-        "epoch_seconds": round(progress.seconds, 3),
-        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
-    }
-
-
 def train(
     cfg: TrainConfig,
     cache_dir: str | Path,
@@ -383,6 +345,40 @@ def _effective_settings(cfg: TrainConfig, parts: Parts, env: DistEnv, started: f
     return effective
 
 
+def _run_epoch(run: _Run, epoch: int, stop: StopRequest) -> dict | None:
+    """Train one epoch and validate; returns the history row (the same on every rank), or None
+    if a stop was requested mid-epoch (`run.progress` then says where it stopped).
+
+    A fresh epoch seeds its random draws from (seed, epoch, rank); a resumed one continues
+    with the RNG states restored from the checkpoint and skips the batches already done.
+    """
+    parts, cfg, env, progress = run.parts, run.cfg, run.env, run.progress
+    if progress.batches == 0:
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+        parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+    parts.train_loader.sampler.set_epoch(epoch)
+    todo = itertools.islice(parts.train_loader, progress.batches, None)
+    total = len(parts.train_loader) - progress.batches
+    batches = run.files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
+    started = time.perf_counter()
+    fit = train_one_epoch(parts, batches, env, progress, stop.due)
+    progress.seconds += time.perf_counter() - started
+    if fit["stopped"]:
+        return None
+    val = evaluate_split(parts, parts.val_loader, env)
+    return {
+        "epoch": epoch + 1,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "train_loss": fit["loss"],
+        "train_acc": fit["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "val_macro_f1": val["macro_f1"],
+        "epoch_seconds": round(progress.seconds, 3),
+        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
+    }
+
+
 def _fit(run: _Run) -> None:
     """Train from where `run` stands to the last epoch, checkpointing after each; a stop
     request (`cvpipe.preemption`) checkpoints and raises `Preempted`."""
@@ -394,7 +390,7 @@ def _fit(run: _Run) -> None:
         for epoch in range(run.start_epoch, run.cfg.epochs):
             if stop.requested():  # arrived during validation or checkpointing: all is saved
                 raise Preempted(f"stopped by {stop.describe()} after epoch {epoch} (checkpointed)")
-            row = run_epoch(run.parts, run.cfg, epoch, run.env, files, run.progress, stop)
+            row = _run_epoch(run, epoch, stop)
             if row is None:
                 _stop_mid_epoch(run, epoch, stop)
             run.progress = EpochProgress()
