@@ -15,13 +15,13 @@ from train_steps import assert_learns, build, fit_steps
 from cvpipe import checkpoint
 from cvpipe.distributed import DistEnv, pick_device
 from cvpipe.errors import CvpipeError
+from cvpipe.parts import warmup_cosine
 from cvpipe.runfiles import RunFiles
 from cvpipe.runtime import amp_dtype
 from cvpipe.train import (
     TrainConfig,
     device_preference,
     train,
-    warmup_cosine,
 )
 
 TINY = {"model": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}

@@ -91,7 +91,7 @@ class EpochProgress:
 
 
 class Resumable(Protocol):
-    """What a training state is taken from and restored into (`cvpipe.train.Parts`)."""
+    """What a training state is taken from and restored into (`cvpipe.parts.Parts`)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
