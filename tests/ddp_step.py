@@ -21,8 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from cvpipe import distributed
 from cvpipe.augment import eval_transform
 from cvpipe.data import read_stats
+from cvpipe.epoch import evaluate_split, train_one_epoch
 from cvpipe.parts import Parts, build_loaders
-from cvpipe.train import TrainConfig, evaluate_split, train_one_epoch
+from cvpipe.train import TrainConfig
 
 
 def main(cache_dir: str, out_dir: str, device: str = "cpu") -> None:

@@ -15,8 +15,9 @@ import torch
 
 from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
+from cvpipe.epoch import train_one_epoch
 from cvpipe.parts import Parts, build_parts
-from cvpipe.train import TrainConfig, train_one_epoch
+from cvpipe.train import TrainConfig
 
 # Many epochs so that the cosine schedule keeps the learning rate up over the few steps taken.
 SETTINGS = {"model": "resnet18", "image_size": 32, "batch_size": 8, "epochs": 20}
