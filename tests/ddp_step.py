@@ -21,7 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from cvpipe import distributed
 from cvpipe.augment import eval_transform
 from cvpipe.data import read_stats
-from cvpipe.train import TrainConfig, build_loaders, evaluate_split, train_one_epoch
+from cvpipe.epoch import evaluate_split, train_one_epoch
+from cvpipe.parts import Parts, build_loaders
+from cvpipe.train import TrainConfig
 
 
 def main(cache_dir: str, out_dir: str, device: str = "cpu") -> None:
@@ -39,23 +41,33 @@ def main(cache_dir: str, out_dir: str, device: str = "cpu") -> None:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, len(stats["classes"])),
     ).to(env.device)  # fmt: skip
     ids = [env.device] if env.device.type == "cuda" else None
-    forward = DistributedDataParallel(model, device_ids=ids) if env.distributed else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=False)
     mean = torch.tensor(stats["mean"], device=env.device)
     std = torch.tensor(stats["std"], device=env.device)
 
     def plain(x):
         return eval_transform(x, mean, std)
 
-    criterion = nn.CrossEntropyLoss()
-    no_autocast = contextlib.nullcontext
-    fit = train_one_epoch(
-        forward, train_loader, optimizer, scheduler, scaler, no_autocast, plain, criterion, env
+    parts = Parts(  # plain SGD, fp32, no augmentation
+        model=model,
+        wrapped=DistributedDataParallel(model, device_ids=ids) if env.distributed else model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        scaler=torch.amp.GradScaler(env.device.type, enabled=False),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        criterion=nn.CrossEntropyLoss(),
+        autocast=contextlib.nullcontext,
+        train_transform=plain,
+        eval_transform=plain,
+        aug_generator=torch.Generator(),
+        num_classes=len(stats["classes"]),
+        mean=stats["mean"],
+        std=stats["std"],
+        amp="off",
     )
-    num_classes = len(stats["classes"])
-    val = evaluate_split(forward, val_loader, plain, no_autocast, criterion, num_classes, env)
+    fit = train_one_epoch(parts, train_loader, env)
+    val = evaluate_split(parts, val_loader, env)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics-rank{env.rank}.json").write_text(json.dumps({"train": fit, "val": val}))

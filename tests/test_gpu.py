@@ -55,7 +55,7 @@ def test_amp_learns_on_cuda(tiny_cache, amp, dtype):
 def test_channels_last_learns_on_cuda(tiny_cache):
     parts, env = build(tiny_cache / "cache", "cuda", channels_last=True)
     images, _ = next(iter(parts.train_loader))
-    x = parts.augment(images.cuda())
+    x = parts.train_transform(images.cuda())
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert parts.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     steps = fit_steps(parts, env, 8)

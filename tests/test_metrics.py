@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as sk
 
-from cvpipe.metrics import classification_report
+from cvpipe.metrics import classification_report, summarize_confusion, torch_confusion
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -41,3 +42,18 @@ def test_absent_class_has_no_auc_and_zero_scores():
     assert report["per_class"]["b"]["roc_auc"] == pytest.approx(0.75)  # 3 of 4 pairs ranked right
     assert report["macro_roc_auc"] == pytest.approx((1.0 + 0.75) / 2)
     assert report["accuracy"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_summary_agrees_with_the_report(seed):
+    """history.csv's val_acc/val_macro_f1 and metrics.json's use the same definitions."""
+    rng = np.random.default_rng(seed)
+    k = 5
+    y = rng.integers(0, k - 1, 60)  # class k-1 never occurs: its F1 is 0 in both
+    probs = rng.dirichlet(np.ones(k), 60)
+    report = classification_report(y, probs, [f"c{i}" for i in range(k)])
+    cm = torch_confusion(torch.from_numpy(y), torch.from_numpy(probs.argmax(1)), k)
+    assert cm.tolist() == report["confusion_matrix"]
+    summary = summarize_confusion(cm)
+    assert summary["acc"] == pytest.approx(report["accuracy"])
+    assert summary["macro_f1"] == pytest.approx(report["macro_f1"])

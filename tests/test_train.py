@@ -15,14 +15,13 @@ from train_steps import assert_learns, build, fit_steps
 from cvpipe import checkpoint
 from cvpipe.distributed import DistEnv, pick_device
 from cvpipe.errors import CvpipeError
+from cvpipe.parts import warmup_cosine
 from cvpipe.runfiles import RunFiles
+from cvpipe.runtime import amp_dtype
 from cvpipe.train import (
     TrainConfig,
-    _try_resume,
-    amp_dtype,
     device_preference,
     train,
-    warmup_cosine,
 )
 
 TINY = {"model": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}
@@ -209,7 +208,7 @@ def test_resume_loads_every_tensor_on_the_cpu(tiny_cache, tmp_path):
     # all the rest must still come back on the CPU, where restoring them needs them.
     elsewhere = DistEnv(device=torch.device("meta"))
     files = RunFiles(tmp_path / "model.pt", tmp_path / "history.csv", elsewhere)
-    resumed = _try_resume(files, identity, cfg)
+    resumed = checkpoint.try_resume(files.last_checkpoint, identity, cfg.epochs)
     tensors = list(_tensors(resumed))
     assert len(tensors) > 100  # model, optimizer moments, RNG states
     assert {t.device.type for t in tensors} == {"cpu"}

@@ -7,6 +7,7 @@ autocast, GradScaler and optimizer under test are the ones training uses.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import torch
 
 from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
-from cvpipe.train import Parts, TrainConfig, build_parts, train_one_epoch
+from cvpipe.epoch import train_one_epoch
+from cvpipe.parts import Parts, build_parts
+from cvpipe.train import TrainConfig
 
 # Many epochs so that the cosine schedule keeps the learning rate up over the few steps taken.
 SETTINGS = {"model": "resnet18", "image_size": 32, "batch_size": 8, "epochs": 20}
@@ -45,10 +48,11 @@ def fit_steps(parts: Parts, env: DistEnv, steps: int, overflow_at: int | None = 
             return parts.criterion(logits, target) * factor
 
         before = [p.detach().clone() for p in parts.model.parameters()]
-        fit = train_one_epoch(
-            parts.forward, [(images, labels)], parts.optimizer, parts.scheduler, parts.scaler,
-            parts.autocast, parts.plain, criterion, env,
-        )  # fmt: skip
+        # Without augmentation: every step sees the same inputs.
+        fixed = dataclasses.replace(
+            parts, criterion=criterion, train_transform=parts.eval_transform
+        )
+        fit = train_one_epoch(fixed, [(images, labels)], env)
         changed = any(
             not torch.equal(a, b) for a, b in zip(before, parts.model.parameters(), strict=True)
         )

@@ -26,24 +26,27 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from cvpipe import atomic, runtime
 from cvpipe.augment import train_transform
 from cvpipe.data import CacheSplit, build_loader, read_stats
 from cvpipe.index import read_manifest, split_rows, write_index
 from cvpipe.preprocess import preprocess
 from cvpipe.settings import CONFIG_DEFAULTS, Amp, AugmentPolicy, Device, TrainConfig
 from cvpipe.synth import CLASSES, make_dataset
+
+if TYPE_CHECKING:
+    from cvpipe.distributed import DistEnv
 
 # The augmentation both loaders apply: `exact` is the config's default (the schema's); `warp`
 # swaps the quarter turns for the bilinear rotation/zoom/shift (torchvision's RandomAffine in
@@ -154,63 +157,63 @@ def bench_loader(
     `policy` is a key of POLICIES; `threads` None leaves torch's default.
     """
     logging.getLogger("cvpipe").setLevel(logging.WARNING)
-    if threads:
-        torch.set_num_threads(threads)
+    runtime.set_threads(threads)
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
         root, manifest, cache, preprocess_s = prepare_data(
             data_root, images_per_class, source_size, image_size, Path(tmp)
         )
-        stats = read_stats(cache)
-        mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
-        train_rows = split_rows(read_manifest(manifest), "train")
-        gen = torch.Generator().manual_seed(0)
-
-        augment = POLICIES[policy]
-
-        def cvpipe_input(images):
-            return train_transform(images, augment, mean, std, gen)
-
-        rows: list[dict[str, Any]] = []
-        for n in sorted({0, workers}):
-            loader = build_loader(
-                CacheSplit(cache, "train"),
-                batch_size,
-                train=True,
-                num_workers=n,
-            )
-            rate = measure(lambda loader=loader: loader, epochs, cvpipe_input)
-            rows.append(
-                {
-                    "loader": "cvpipe cache + batched tensor aug",
-                    "workers": n,
-                    "images_per_s": rate,
-                }
-            )
-        baseline = imagefolder_loader(
-            root, {r["path"] for r in train_rows}, image_size, stats["mean"], stats["std"],
-            batch_size, workers, augment,
-        )  # fmt: skip
-        base_rate = measure(lambda: baseline, epochs, lambda images: images)
-        rows.append(
-            {
-                "loader": "ImageFolder + PIL + torchvision transforms",
-                "workers": workers,
-                "images_per_s": base_rate,
-            }
+        train_paths = {r["path"] for r in split_rows(read_manifest(manifest), "train")}
+        rows = _loader_rates(
+            root, train_paths, cache, image_size, batch_size, workers, epochs, POLICIES[policy]
         )
-
-    cpu = platform.processor() or platform.machine()
+    cpu = runtime.device_name(torch.device("cpu"))
     print(
-        f"\nLoader benchmark: {len(train_rows)} training images ({source_size} px originals"
+        f"\nLoader benchmark: {len(train_paths)} training images ({source_size} px originals"
         f" -> {image_size} px), batch {batch_size}, {epochs} passes, "
         f"{os.cpu_count()} CPUs ({cpu}), torch threads {torch.get_num_threads()}"
     )
     print(f"One-off preprocessing into the cache: {preprocess_s:.1f} s\n")
     print(f"| {'loader':<44} | workers | images/s | vs ImageFolder |")
     print(f"|{'-' * 46}|---------|----------|----------------|")
+    base_rate = rows[-1]["images_per_s"]
     for r in rows:
         rate, ratio = r["images_per_s"], r["images_per_s"] / base_rate
         print(f"| {r['loader']:<44} | {r['workers']:>7} | {rate:>8.0f} | {ratio:>13.1f}x |")
+    return rows
+
+
+def _loader_rates(
+    root: Path,
+    train_paths: set[str],
+    cache: Path,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    epochs: int,
+    augment: AugmentPolicy,
+) -> list[dict[str, Any]]:
+    """Images/s of cvpipe's loader (without and with workers), then of the ImageFolder baseline
+    (last row), each with the same augmentation."""
+    stats = read_stats(cache)
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    gen = torch.Generator().manual_seed(0)
+
+    def cvpipe_input(images):
+        return train_transform(images, augment, mean, std, gen)
+
+    rows: list[dict[str, Any]] = []
+    for n in sorted({0, workers}):
+        loader = build_loader(CacheSplit(cache, "train"), batch_size, train=True, num_workers=n)
+        rate = measure(lambda loader=loader: loader, epochs, cvpipe_input)
+        rows.append(
+            {"loader": "cvpipe cache + batched tensor aug", "workers": n, "images_per_s": rate}
+        )
+    baseline = imagefolder_loader(
+        root, train_paths, image_size, stats["mean"], stats["std"], batch_size, workers, augment
+    )
+    base_rate = measure(lambda: baseline, epochs, lambda images: images)
+    name = "ImageFolder + PIL + torchvision transforms"
+    rows.append({"loader": name, "workers": workers, "images_per_s": base_rate})
     return rows
 
 
@@ -232,14 +235,11 @@ def _resident(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device):
 
 def train_rate(parts, batches: Iterator, steps: int, warmup: int, env) -> float:
     """Training images/s over `steps` steps of cvpipe's real step, after `warmup` steps."""
-    from cvpipe.train import train_one_epoch
+    from cvpipe.epoch import train_one_epoch
 
     def run(n: int) -> None:
         # train_one_epoch reads its loss totals at the end, which waits for the device.
-        train_one_epoch(
-            parts.forward, itertools.islice(batches, n), parts.optimizer, parts.scheduler,
-            parts.scaler, parts.autocast, parts.augment, parts.criterion, env,
-        )  # fmt: skip
+        train_one_epoch(parts, itertools.islice(batches, n), env)
 
     run(warmup)
     started = time.perf_counter()
@@ -269,11 +269,9 @@ def bench_train(
     (with `compile`). Settings not named here are TrainConfig's defaults (the schema's)."""
     params = dict(locals())  # for the JSON record
     from cvpipe import distributed
-    from cvpipe.train import build_parts
 
     logging.getLogger("cvpipe").setLevel(logging.WARNING)
-    if threads:
-        torch.set_num_threads(threads)
+    runtime.set_threads(threads)
     env = distributed.init(device)
     # As training does (train.py): cuDNN picks the fastest kernels for the fixed input shape.
     torch.backends.cudnn.benchmark = True
@@ -288,11 +286,10 @@ def bench_train(
             data_root, images_per_class, source_size, image_size, Path(tmp)
         )
         stats = read_stats(cache)
-        variants = [(amp, False)]
-        if amp != "off":
-            variants.append(("off", False))
-        if compile:
-            variants.append((amp, True))
+        # The configured precision, fp32 for comparison, and compiled with `compile`.
+        variants = dict.fromkeys(
+            [(amp, False), ("off", False), *([(amp, True)] if compile else [])]
+        )
         for model in models:
             for precision, compiled in variants:
                 cfg = TrainConfig(
@@ -300,26 +297,37 @@ def bench_train(
                     channels_last=channels_last, compile=compiled, num_workers=workers,
                     device=device, epochs=1000,
                 )  # fmt: skip
-                parts = build_parts(cfg, stats, cache, env)
-                first = next(iter(parts.train_loader))
-                loader_rate = train_rate(parts, _steps(parts.train_loader), steps, warmup, env)
-                parts = build_parts(cfg, stats, cache, env)  # fresh weights and optimizer
-                resident_rate = train_rate(parts, _resident(first, env.device), steps, warmup, env)
-                rows.append(
-                    {
-                        "model": model, "amp": parts.amp, "compile": compiled,
-                        "loader_images_per_s": loader_rate, "resident_images_per_s": resident_rate,
-                    }
-                )  # fmt: skip
-    device_name = (
-        torch.cuda.get_device_name(env.device)
-        if env.device.type == "cuda"
-        else platform.processor()
-    )
+                rates = _train_rates(cfg, stats, cache, env, steps, warmup)
+                rows.append({"model": model, "amp": rates["amp"], "compile": compiled, **rates})
+    _report_train(rows, env.device, params)
+    return rows
+
+
+def _train_rates(
+    cfg: TrainConfig, stats: dict, cache: Path, env: DistEnv, steps: int, warmup: int
+) -> dict[str, Any]:
+    """The autocast dtype, and training images/s from the pipeline's loader and from one batch
+    kept on the device, each with fresh weights and optimizer."""
+    from cvpipe.parts import build_parts
+
+    parts = build_parts(cfg, stats, cache, env)
+    first = next(iter(parts.train_loader))
+    loader_rate = train_rate(parts, _steps(parts.train_loader), steps, warmup, env)
+    parts = build_parts(cfg, stats, cache, env)
+    resident_rate = train_rate(parts, _resident(first, env.device), steps, warmup, env)
+    return {
+        "amp": parts.amp, "loader_images_per_s": loader_rate,
+        "resident_images_per_s": resident_rate,
+    }  # fmt: skip
+
+
+def _report_train(rows: list[dict[str, Any]], device: torch.device, params: dict) -> None:
+    """Print the table of `bench_train`; with `json_path` in `params`, write it as JSON too."""
+    device_name = runtime.device_name(device)
     print(
-        f"\nTraining throughput on {env.device} ({device_name or platform.machine()}): "
-        f"{image_size} px, batch {batch_size}, channels_last {channels_last}, "
-        f"{steps} timed steps after {warmup} warm-up steps, torch {torch.__version__}\n"
+        f"\nTraining throughput on {device} ({device_name}): {params['image_size']} px, batch "
+        f"{params['batch_size']}, channels_last {params['channels_last']}, {params['steps']} "
+        f"timed steps after {params['warmup']} warm-up steps, torch {torch.__version__}\n"
     )
     print("| model | amp | compile | (a) pipeline loader img/s | (b) on-device img/s | (a)/(b) |")
     print("|---|---|---|---|---|---|")
@@ -329,8 +337,6 @@ def bench_train(
             f"| {r['model']} | {r['amp']} | {r['compile']} | {r['loader_images_per_s']:.0f} "
             f"| {r['resident_images_per_s']:.0f} | {ratio:.2f} |"
         )
-    if json_path:
-        Path(json_path).write_text(
-            json.dumps({"device": device_name, "args": params, "rows": rows}, indent=2, default=str)
-        )
-    return rows
+    if params["json_path"]:
+        record = {"device": device_name, "args": params, "rows": rows}
+        atomic.write_text(params["json_path"], json.dumps(record, indent=2, default=str))

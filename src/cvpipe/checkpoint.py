@@ -1,29 +1,38 @@
-"""Training checkpoints: what they hold, atomic saving, safe loading, and RNG state capture.
+"""Training checkpoints: what they hold, how a run resumes from one, atomic saving, safe loading.
 
-A checkpoint holds the (unwrapped) model, optimizer, LR scheduler and GradScaler states, the
-epoch it completed, the best validation result so far, the per-epoch history, every RNG state
-(Python, NumPy, torch CPU and CUDA) and the resolved config and data identity it was trained
-with. Only tensors, numbers, strings, lists and dicts are stored, so it loads with
-`torch.load(..., weights_only=True)`.
+`training_state` is the schema of `last.pt`: the (unwrapped) model, optimizer, LR scheduler and
+GradScaler states, the epoch it completed (or, with `progress`, how far into it a stopped run
+got), the best validation result so far, the per-epoch history, every RNG state of every rank
+(Python, NumPy, torch CPU and CUDA, the augmentation generator) and the identity (config, data
+and runtime) it was trained with. `try_resume` loads it back only for the same identity, and
+`restore` puts it into a run's parts. Only tensors, numbers, strings, lists and dicts are
+stored, so every file loads with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+from torch import nn
 
-from cvpipe import atomic
+from cvpipe import atomic, distributed
+from cvpipe.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state of this process, as weights_only-loadable values."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple (legacy=True is the default)
     py_state = random.getstate()
     return {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -68,3 +77,106 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint or model file safely (`weights_only=True`)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches done, running train sums (over all ranks), seconds."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+
+class Resumable(Protocol):
+    """What a training state is taken from and restored into (`cvpipe.parts.Parts`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    aug_generator: torch.Generator
+
+
+def training_state(
+    parts: Resumable,
+    epoch: int,
+    history: list,
+    best: dict | None,
+    identity: dict,
+    config: dict[str, Any],
+    env: DistEnv,
+    progress: EpochProgress | None = None,
+) -> dict:
+    """Everything `last.pt` holds to continue as if never stopped: after `epoch` (0-based)
+    completed, or, with `progress`, in the middle of it. A collective call (RNG states of every
+    rank are gathered), so every rank must make it."""
+    rng = {"process": rng_state(), "augment": parts.aug_generator.get_state()}
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "epoch": epoch,
+        "progress": dataclasses.asdict(progress) if progress else None,
+        "history": history,
+        "best": best,
+        "rng_by_rank": distributed.gather_objects(rng, env),
+        "identity": identity,
+        "config": config,
+    }
+
+
+def restore(parts: Resumable, state: dict, env: DistEnv) -> None:
+    """Load a `training_state` back into the parts and this process's RNGs."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    states = state["rng_by_rank"]
+    if len(states) != env.world_size and state.get("progress"):
+        log.warning(
+            "the checkpoint was made by %d process(es), this run has %d: the interrupted epoch "
+            "continues with other random draws than an uninterrupted run would use",
+            len(states), env.world_size,
+        )  # fmt: skip
+    mine = states[env.rank] if len(states) == env.world_size else states[0]
+    set_rng_state(mine["process"])
+    parts.aug_generator.set_state(mine["augment"].cpu())
+
+
+def try_resume(path: Path, identity: dict, epochs: int) -> dict | None:
+    """The `training_state` in `path`, or None where there is none or it was made with another
+    identity (logged: training then starts from scratch). `epochs` is only for the log line."""
+    if not path.exists():
+        return None
+    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
+    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
+    state = load(path, map_location="cpu")
+    saved = state.get("identity") or {}
+    was, now = saved.get("runtime"), identity["runtime"]
+    if was and was != now and {**saved, "runtime": now} == identity:
+        log.warning(
+            "not resuming from %s: it was trained on %s with amp %s, this run is on %s with amp %s"
+            " (random-generator and GradScaler states do not carry over between them); "
+            "training starts from scratch and will overwrite it",
+            path, was["device_type"], was["amp"], now["device_type"], now["amp"],
+        )  # fmt: skip
+        return None
+    if saved != identity:
+        log.warning(
+            "not resuming from %s: it was made with a different config or data set; "
+            "training starts from scratch and will overwrite it",
+            path,
+        )
+        return None
+    if state.get("progress"):
+        log.info(
+            "resuming from %s (epoch %d of %d, after %d batches)",
+            path, state["epoch"] + 1, epochs, state["progress"]["batches"],
+        )  # fmt: skip
+    else:
+        log.info("resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, epochs)
+    return state

@@ -135,12 +135,6 @@ def build_loader(
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=num_workers,
-        collate_fn=_keep_batch,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=train, collate_fn=_keep_batch,
+        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+    )  # fmt: skip

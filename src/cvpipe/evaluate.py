@@ -13,7 +13,6 @@ Outputs:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpipe import atomic, checkpoint
+from cvpipe import atomic, checkpoint, runtime
 from cvpipe.augment import eval_transform
 from cvpipe.data import CacheSplit, build_loader
 from cvpipe.distributed import pick_device
@@ -31,7 +30,6 @@ from cvpipe.errors import CvpipeError
 from cvpipe.index import read_manifest, split_rows
 from cvpipe.metrics import classification_report
 from cvpipe.models import build_model
-from cvpipe.train import amp_dtype
 
 
 def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -69,12 +67,14 @@ def predict(
     channels_last = saved["config"].get("channels_last", False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(saved["config"].get("amp", "off"), device)
+    autocast = runtime.autocast_factory(
+        device, runtime.amp_dtype(saved["config"].get("amp", "off"), device)
+    )
     loader = build_loader(split, batch_size, train=False, pin_memory=device.type == "cuda")
 
     def infer(images: torch.Tensor) -> torch.Tensor:
         x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
-        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        with autocast():
             return torch.softmax(model(x).float(), dim=1).cpu()
 
     probs, labels = [], []
@@ -111,6 +111,31 @@ def job_record(started_unix: float) -> dict:
     }
 
 
+def _test_split(cache_dir: str | Path, manifest_path: str | Path) -> tuple[CacheSplit, list]:
+    """The cached test split and its manifest rows, checked to list the same images."""
+    test = CacheSplit(cache_dir, "test")
+    rows = split_rows(read_manifest(manifest_path), "test")
+    if len(rows) != len(test):
+        raise CvpipeError(f"{manifest_path} lists {len(rows)} test images, the cache {len(test)}")
+    if [r["label"] for r in rows] != test.labels.tolist():
+        raise CvpipeError(
+            f"the test cache in {cache_dir} does not match {manifest_path}; rerun preprocess"
+        )
+    return test, rows
+
+
+def _write_predictions(path: str | Path, rows: list, probs: np.ndarray, classes: list[str]) -> None:
+    """predictions.csv: path, true class, predicted class and every class probability."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
+    for row, p in zip(rows, probs, strict=True):
+        writer.writerow(
+            [row["path"], row["class"], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+        )
+    atomic.write_text(path, buf.getvalue())
+
+
 def evaluate(
     model_path: str | Path,
     cache_dir: str | Path,
@@ -124,33 +149,16 @@ def evaluate(
 ) -> dict:
     """Evaluate the model on the test split and write the three outputs; returns the metrics."""
     started_unix = time.time()
-    if threads:
-        torch.set_num_threads(threads)
+    runtime.set_threads(threads)
     dev = pick_device(device)
     model, saved = load_model(model_path, dev)
-    test = CacheSplit(cache_dir, "test")
-    rows = split_rows(read_manifest(manifest_path), "test")
-    if len(rows) != len(test):
-        raise CvpipeError(f"{manifest_path} lists {len(rows)} test images, the cache {len(test)}")
-    if [r["label"] for r in rows] != test.labels.tolist():
-        raise CvpipeError(
-            f"the test cache in {cache_dir} does not match {manifest_path}; rerun preprocess"
-        )
+    test, rows = _test_split(cache_dir, manifest_path)
     probs, labels, images_per_s, timed = predict(model, saved, test, dev, batch_size)
     classes = saved["classes"]
     report = classification_report(labels, probs, classes)
     metrics = {"model": saved["model_name"], "epoch": saved["epoch"], **report}
     atomic.write_json(metrics_path, metrics)
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
-    for row, p in zip(rows, probs, strict=True):
-        writer.writerow(
-            [row["path"], row["class"], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
-        )
-    atomic.write_text(predictions_path, buf.getvalue())
-
+    _write_predictions(predictions_path, rows, probs, classes)
     atomic.write_json(
         timing_path,
         {

@@ -1,21 +1,46 @@
-"""Classification metrics from labels and class probabilities (NumPy only).
+"""Classification metrics: the evaluate stage's full report and training's per-epoch summary.
 
-`log_loss` is the mean cross-entropy of the true class (probabilities clipped at 1e-15).
+`classification_report` (NumPy, evaluate): `log_loss` is the mean cross-entropy of the true
+class (probabilities clipped at 1e-15); per-class precision/recall/F1 follow scikit-learn's
+definitions (0 where undefined); ROC-AUC is one-vs-rest, computed from ranks (the Mann-Whitney U
+statistic, ties averaged), and None for a class that is absent from, or the only class in, the
+labels.
 
-Per-class precision/recall/F1 follow scikit-learn's definitions (0 where undefined);
-ROC-AUC is one-vs-rest, computed from ranks (the Mann-Whitney U statistic, ties averaged), and
-None for a class that is absent from, or the only class in, the labels.
+`torch_confusion` and `summarize_confusion` (torch, training's validation): the same confusion
+matrix, accuracy and macro-F1, computed on the device batch by batch so that DDP can sum the
+matrix over ranks without a copy to the host.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with rows = true class, columns = predicted class."""
     flat = np.asarray(y_true) * num_classes + np.asarray(y_pred)
     return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def torch_confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`confusion_matrix` for tensors, on their device."""
+    flat = labels * num_classes + preds
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def summarize_confusion(cm: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted).
+
+    The same definitions as `classification_report` (0 where a class was never predicted or
+    never present); clamping the denominators instead of masking keeps it on the device.
+    """
+    cm = cm.double()
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"acc": (tp.sum() / cm.sum().clamp(min=1)).item(), "macro_f1": f1.mean().item()}
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

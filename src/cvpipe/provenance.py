@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 import cvpipe
-from cvpipe import stagecode
+from cvpipe import runtime, stagecode
 
 # At most this many changed files are listed one by one (the count is always given).
 MAX_CHANGED = 200
@@ -166,10 +166,9 @@ def versions() -> dict:
 
 def device_info(device: torch.device) -> dict:
     """Device type and name, and how many CUDA devices this process sees."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "type": device.type,
-        "name": name or platform.machine(),
+        "name": runtime.device_name(device),
         "cuda_devices_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
     }
 

@@ -1,13 +1,16 @@
-"""Train stage: fit a torchvision classifier on the preprocessed cache.
+"""Train stage: the training loop of one experiment, from start or resume to the model file.
+
+`train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line. It starts
+afresh or resumes (`cvpipe.checkpoint`), runs the epochs (steps and validation: `cvpipe.epoch`),
+keeps the best one, and writes the model file, the history and the provenance record. The parts
+it trains (model, AdamW, LR schedule, loss, precision, transforms) are assembled by
+`cvpipe.parts`; threads and autocast come from `cvpipe.runtime`.
 
 One code path for CPU, one GPU, AMP and DDP (under torchrun): mixed precision is a no-op
 `autocast`/`GradScaler` when off, DDP is detected from the environment (`cvpipe.distributed`),
-and every file write goes through `RunFiles`, which only writes on rank 0.
-
-`train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line.
-Optimisation: AdamW (no weight decay on biases and norm layers), linear warm-up then cosine decay
-per step, cross-entropy with label smoothing. `batch_size` and `lr` are for the global batch: a
-DDP job splits the batch over its processes, so it trains like a single process would.
+and every file write goes through `RunFiles`, which only writes on rank 0. `batch_size` and `lr`
+are for the global batch: a DDP job splits the batch over its processes, so it trains like a
+single process would.
 
 After every epoch the full state is checkpointed; `resume: auto` continues from the last
 checkpoint when it was made with the same config and data, and with a fixed seed a resumed CPU run
@@ -18,64 +21,30 @@ checkpoints mid-epoch and exits for a retry (`cvpipe.preemption`).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
-from cvpipe import checkpoint, distributed, provenance
-from cvpipe.augment import eval_transform, train_transform
-from cvpipe.data import CacheSplit, build_loader, read_stats
+from cvpipe import checkpoint, distributed, provenance, runtime
+from cvpipe.checkpoint import EpochProgress
+from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
+from cvpipe.epoch import epoch_seed, evaluate_split, train_one_epoch
 from cvpipe.errors import CvpipeError, Preempted
-from cvpipe.models import build_model
+from cvpipe.parts import Parts, build_parts
 from cvpipe.preemption import StopRequest
 from cvpipe.runfiles import RunFiles
-from cvpipe.settings import AugmentPolicy, TrainConfig
+from cvpipe.settings import TrainConfig
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `amp` on `device`; None means full fp32.
-
-    `auto` is bf16 on CUDA devices that support it, else fp16 (with a GradScaler), and off on the
-    CPU, where bf16 autocast works but runs far slower than fp32 (it is for tests only).
-    """
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if _native_bf16() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _native_bf16() -> bool:
-    """Does the current CUDA device do bf16 in hardware (Ampere and newer)?
-
-    Plain `is_bf16_supported()` also counts emulation, which a V100 or T4 offers at a fraction
-    of fp16's speed; `including_emulation` exists since torch 2.3 (older: the plain query).
-    """
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:
-        return torch.cuda.is_bf16_supported()
 
 
 def device_preference(cfg: TrainConfig) -> str:
@@ -89,138 +58,11 @@ def device_preference(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier per step: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices and kernels, none on biases and norm parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed for everything random in one epoch on one rank (so resume replays it exactly)."""
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
-
-
-def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
-
-
-def summarize_confusion(cm: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted)."""
-    cm = cm.double()
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp(min=1)
-    recall = tp / cm.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {"acc": (tp.sum() / cm.sum().clamp(min=1)).item(), "macro_f1": f1.mean().item()}
-
-
-@dataclass
-class EpochProgress:
-    """How far an epoch got: batches done, running train sums (over all ranks), seconds."""
-
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
-    seconds: float = 0.0
-
-
-def train_one_epoch(
-    model: nn.Module,
-    batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    autocast,
-    transform,
-    criterion: nn.Module,
-    env: DistEnv,
-    progress: EpochProgress | None = None,
-    should_stop: Callable[[int], bool] | None = None,
-) -> dict[str, float]:
-    """Train on `batches`; returns loss and accuracy over all ranks, and whether it stopped.
-
-    `progress` carries an interrupted epoch's sums in and the new position out;
-    `should_stop(batches_done)` is asked after every step (it must agree across ranks).
-    """
-    progress = progress if progress is not None else EpochProgress()
-    model.train()
-    # Summed on the device, so the loop never waits for the GPU; read once at the end. Sums
-    # carried over from an interrupted epoch are global, so only rank 0 starts from them.
-    start = [progress.loss_sum, progress.correct, progress.count] if env.is_main else [0.0] * 3
-    sums = torch.tensor(start, dtype=torch.float64, device=env.device)
-    stopped = False
-    for images, labels in batches:
-        images = images.to(env.device, non_blocking=True)
-        labels = labels.to(env.device, non_blocking=True)
-        x = transform(images)
-        with autocast():
-            logits = model(x)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        sums[0] += loss.detach().double() * labels.numel()
-        sums[1] += (logits.argmax(1) == labels).sum()
-        sums[2] += labels.numel()
-        progress.batches += 1
-        if should_stop is not None and should_stop(progress.batches):
-            stopped = True
-            break
-    loss_total, correct_total, count_total = distributed.all_reduce_sum(sums, env).tolist()
-    progress.loss_sum, progress.correct, progress.count = loss_total, correct_total, count_total
-    count_total = max(count_total, 1)
-    return {
-        "loss": loss_total / count_total,
-        "acc": correct_total / count_total,
-        "stopped": stopped,
-    }
-
-
-@torch.no_grad()
-def evaluate_split(
-    model: nn.Module,
-    loader,
-    transform,
-    autocast,
-    criterion: nn.Module,
-    num_classes: int,
-    env: DistEnv,
-) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 on a split, reduced over ranks (every rank gets the same)."""
-    model.eval()
-    loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
-    for images, labels in loader:
-        images = images.to(env.device, non_blocking=True)
-        labels = labels.to(env.device, non_blocking=True)
-        with autocast():
-            logits = model(transform(images))
-        loss_sum += criterion(logits.float(), labels).double() * labels.numel()
-        cm += _confusion(labels, logits.argmax(1), num_classes)
-    distributed.all_reduce_sum(loss_sum, env)
-    distributed.all_reduce_sum(cm, env)
-    return {"loss": loss_sum.item() / max(cm.sum().item(), 1), **summarize_confusion(cm)}
+def _best(run: _Run) -> dict:
+    """The best epoch so far; after `_fit` there is one (every run trains at least one epoch)."""
+    if run.best is None:
+        raise RuntimeError("no epoch has finished, so there is no best one")
+    return run.best
 
 
 def _improves(row: dict, best: dict, monitor: str) -> bool:
@@ -230,245 +72,6 @@ def _improves(row: dict, best: dict, monitor: str) -> bool:
     if math.isnan(new):
         return False
     return new > old or math.isnan(old) or (new == old and row["val_loss"] < best["val_loss"])
-
-
-def _normalization(cfg: TrainConfig, stats: dict) -> tuple[list[float], list[float]]:
-    mode = cfg.normalize
-    if mode == "auto":
-        mode = "dataset" if cfg.weights == "none" else "imagenet"
-    if mode == "imagenet":
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return stats["mean"], stats["std"]
-
-
-def _try_resume(files: RunFiles, identity: dict, cfg: TrainConfig) -> dict | None:
-    path = files.last_checkpoint
-    if cfg.resume == "never" or not path.exists():
-        return None
-    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
-    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
-    state = checkpoint.load(path, map_location="cpu")
-    saved = state.get("identity") or {}
-    was, now = saved.get("runtime"), identity["runtime"]
-    if was and was != now and {**saved, "runtime": now} == identity:
-        log.warning(
-            "not resuming from %s: it was trained on %s with amp %s, this run is on %s with amp %s"
-            " (random-generator and GradScaler states do not carry over between them); "
-            "training starts from scratch and will overwrite it",
-            path, was["device_type"], was["amp"], now["device_type"], now["amp"],
-        )  # fmt: skip
-        return None
-    if saved != identity:
-        log.warning(
-            "not resuming from %s: it was made with a different config or data set; "
-            "training starts from scratch and will overwrite it",
-            path,
-        )
-        return None
-    if state.get("progress"):
-        log.info(
-            "resuming from %s (epoch %d of %d, after %d batches)",
-            path, state["epoch"] + 1, cfg.epochs, state["progress"]["batches"],
-        )  # fmt: skip
-    else:
-        log.info(
-            "resuming from %s (completed epoch %d of %d)", path, state["epoch"] + 1, cfg.epochs
-        )
-    return state
-
-
-@dataclass
-class Parts:
-    """What one training run works with, built once by `build_parts`."""
-
-    model: nn.Module  # the plain model: saved, loaded, evaluated for the model file
-    forward: nn.Module  # what the steps call: the model, DDP-wrapped and/or compiled
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    train_loader: DataLoader
-    val_loader: DataLoader
-    criterion: nn.Module
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised
-    plain: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> normalised
-    aug_generator: torch.Generator
-    num_classes: int
-    mean: list[float]
-    std: list[float]
-    amp: str  # the autocast dtype's name, or "off"
-
-
-def build_loaders(
-    cfg: TrainConfig, cache_dir: str | Path, env: DistEnv
-) -> tuple[DataLoader, DataLoader]:
-    """Train and val loaders of uint8 batches; each process gets its share of the global batch."""
-    per_rank = cfg.batch_size // env.world_size
-    common = {
-        "rank": env.rank,
-        "world_size": env.world_size,
-        "num_workers": cfg.num_workers,
-        "pin_memory": env.device.type == "cuda",
-    }
-    train_loader = build_loader(
-        CacheSplit(cache_dir, "train"), per_rank, train=True, seed=cfg.seed, **common
-    )
-    val_loader = build_loader(CacheSplit(cache_dir, "val"), per_rank, train=False, **common)
-    return train_loader, val_loader
-
-
-def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistEnv) -> Parts:
-    """Model, optimisation, precision and transforms for a run, on this process's device."""
-    device = env.device
-    train_loader, val_loader = build_loaders(cfg, cache_dir, env)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, len(stats["classes"]), cfg.weights)
-    if cfg.sync_bn and env.distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:  # PyTorch's SyncBatchNorm supports GPU inputs only
-            log.warning("sync_bn is ignored on %s: SyncBatchNorm needs CUDA", device)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    wrapped = model
-    if env.distributed:
-        wrapped = DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-    forward = torch.compile(wrapped) if cfg.compile else wrapped
-
-    # The fused CUDA kernel updates all parameters in a few launches instead of several per
-    # tensor; on the CPU the default implementation stays (what the CPU tests pin down).
-    fused = True if device.type == "cuda" else None
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
-    steps = len(train_loader)
-    warmup = max(1, round(cfg.warmup_epochs * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps, warmup)
-    )
-    dtype = amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    mean, std = _normalization(cfg, stats)
-    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    policy = AugmentPolicy(**cfg.augment)
-    generator = torch.Generator(device=device)
-    return Parts(
-        model=model,
-        forward=forward,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        autocast=autocast,
-        augment=lambda x: train_transform(x, policy, mean_t, std_t, generator, cfg.channels_last),
-        plain=lambda x: eval_transform(x, mean_t, std_t, cfg.channels_last),
-        aug_generator=generator,
-        num_classes=len(stats["classes"]),
-        mean=mean,
-        std=std,
-        amp=str(dtype).removeprefix("torch.") if dtype else "off",
-    )
-
-
-def training_state(
-    parts: Parts,
-    epoch: int,
-    history: list,
-    best: dict | None,
-    identity: dict,
-    cfg: TrainConfig,
-    env: DistEnv,
-    progress: EpochProgress | None = None,
-) -> dict:
-    """Everything `last.pt` holds to continue as if never stopped: after `epoch` (0-based)
-    completed, or, with `progress`, in the middle of it. A collective call (RNG states of every
-    rank are gathered), so every rank must make it."""
-    rng = {"process": checkpoint.rng_state(), "augment": parts.aug_generator.get_state()}
-    return {
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "epoch": epoch,
-        "progress": dataclasses.asdict(progress) if progress else None,
-        "history": history,
-        "best": best,
-        "rng_by_rank": distributed.gather_objects(rng, env),
-        "identity": identity,
-        "config": cfg.as_dict(),
-    }
-
-
-def restore(parts: Parts, state: dict, env: DistEnv) -> None:
-    """Load a `training_state` back into the parts and this process's RNGs."""
-    parts.model.load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.scheduler.load_state_dict(state["scheduler"])
-    parts.scaler.load_state_dict(state["scaler"])
-    states = state["rng_by_rank"]
-    if len(states) != env.world_size and state.get("progress"):
-        log.warning(
-            "the checkpoint was made by %d process(es), this run has %d: the interrupted epoch "
-            "continues with other random draws than an uninterrupted run would use",
-            len(states), env.world_size,
-        )  # fmt: skip
-    mine = states[env.rank] if len(states) == env.world_size else states[0]
-    checkpoint.set_rng_state(mine["process"])
-    parts.aug_generator.set_state(mine["augment"].cpu())
-
-
-def run_epoch(
-    parts: Parts,
-    cfg: TrainConfig,
-    epoch: int,
-    env: DistEnv,
-    files: RunFiles,
-    progress: EpochProgress,
-    stop: StopRequest,
-) -> dict | None:
-    """Train one epoch and validate; returns the history row (the same on every rank), or None
-    if a stop was requested mid-epoch (`progress` then says where it stopped).
-
-    A fresh epoch seeds its random draws from (seed, epoch, rank); a resumed one continues
-    with the RNG states restored from the checkpoint and skips the batches already done.
-    """
-    if progress.batches == 0:
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-        parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
-    parts.train_loader.sampler.set_epoch(epoch)
-    todo = itertools.islice(parts.train_loader, progress.batches, None)
-    total = len(parts.train_loader) - progress.batches
-    batches = files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
-    started = time.perf_counter()
-    fit = train_one_epoch(
-        parts.forward, batches, parts.optimizer, parts.scheduler, parts.scaler,
-        parts.autocast, parts.augment, parts.criterion, env, progress, stop.due,
-    )  # fmt: skip
-    progress.seconds += time.perf_counter() - started
-    if fit["stopped"]:
-        return None
-    val = evaluate_split(
-        parts.forward, parts.val_loader, parts.plain, parts.autocast, parts.criterion,
-        parts.num_classes, env,
-    )  # fmt: skip
-    return {
-        "epoch": epoch + 1,
-        "lr": parts.optimizer.param_groups[0]["lr"],
-        "train_loss": fit["loss"],
-        "train_acc": fit["acc"],
-        "val_loss": val["loss"],
-        "val_acc": val["acc"],
-        "val_macro_f1": val["macro_f1"],
-        "epoch_seconds": round(progress.seconds, 3),
-        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
-    }
 
 
 def train(
@@ -485,10 +88,7 @@ def train(
     `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
     started = time.time()
-    if threads:
-        # `threads` is the job's share of the machine; torchrun's processes split it.
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, threads // local_processes))
+    runtime.set_threads(threads, per_local_process=True)
     if cfg.deterministic:
         # cuBLAS needs this for deterministic matmuls (PyTorch "Reproducibility" notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -516,8 +116,14 @@ def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict
 
 
 def _train(
-    cfg, cache_dir, model_path, history_path, provenance_path, env: DistEnv, started
-) -> dict:
+    cfg: TrainConfig,
+    cache_dir: str | Path,
+    model_path: str | Path,
+    history_path: str | Path,
+    provenance_path: str | Path | None,
+    env: DistEnv,
+    started: float,
+) -> dict[str, Any]:
     stats = _check_inputs(cfg, cache_dir, env)
     if env.device.type == "cuda":
         # Autotuned convolutions are faster but may pick different kernels run to run.
@@ -527,21 +133,59 @@ def _train(
         log.warning("gpus: %d, but no CUDA device is visible: training on %s", cfg.gpus, env.device)
     parts = build_parts(cfg, stats, cache_dir, env)
     files = RunFiles(model_path, history_path, env)
+    run = _start_or_resume(cfg, stats, parts, files, env)
+    effective = _effective_settings(cfg, parts, env, started)
+    _fit(run)
+    _write_model(run, stats)
+    if provenance_path:
+        _write_provenance(run, provenance_path, stats, effective)
+    return _best(run)["metrics"]
+
+
+@dataclass
+class _Run:
+    """A run in progress: its settings, parts and files; where it stands (the epoch to start
+    at and how far into it, the history, the best epoch); what a checkpoint must match."""
+
+    cfg: TrainConfig
+    parts: Parts
+    files: RunFiles
+    env: DistEnv
+    identity: dict
+    start_epoch: int = 0
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    resumed: bool = False
+
+
+def _start_or_resume(
+    cfg: TrainConfig, stats: dict, parts: Parts, files: RunFiles, env: DistEnv
+) -> _Run:
+    """A fresh start, or, under `resume: auto`, `last.pt` restored into `parts` if it was made
+    with the same config, data and runtime."""
     data_identity = {k: stats[k] for k in ("manifest_sha256", "image_size", "resize")}
     # Device type and autocast dtype are part of what resumes: the augmentation generator's state
     # differs in kind between CPU and CUDA, and a GradScaler is enabled for fp16 only.
-    runtime = {"device_type": env.device.type, "amp": parts.amp}
-    identity = {"config": cfg.identity(), "data": data_identity, "runtime": runtime}
-    start_epoch, history, best, progress = 0, [], None, EpochProgress()
-    resumed = _try_resume(files, identity, cfg)
-    if resumed:
-        restore(parts, resumed, env)
-        history, best = resumed["history"], resumed["best"]
-        if resumed["progress"]:  # stopped mid-epoch: continue that epoch
-            start_epoch, progress = resumed["epoch"], EpochProgress(**resumed["progress"])
-        else:
-            start_epoch = resumed["epoch"] + 1
+    run_on = {"device_type": env.device.type, "amp": parts.amp}
+    identity = {"config": cfg.identity(), "data": data_identity, "runtime": run_on}
+    run = _Run(cfg, parts, files, env, identity)
+    if cfg.resume == "never":
+        return run
+    resumed = checkpoint.try_resume(files.last_checkpoint, identity, cfg.epochs)
+    if not resumed:
+        return run
+    checkpoint.restore(parts, resumed, env)
+    run.history, run.best, run.resumed = resumed["history"], resumed["best"], True
+    if resumed["progress"]:  # stopped mid-epoch: continue that epoch
+        run.start_epoch, run.progress = resumed["epoch"], EpochProgress(**resumed["progress"])
+    else:
+        run.start_epoch = resumed["epoch"] + 1
+    return run
 
+
+def _effective_settings(cfg: TrainConfig, parts: Parts, env: DistEnv, started: float) -> dict:
+    """How the run is laid out over processes (provenance's `training`), logged once."""
     effective = {
         "world_size": env.world_size,
         "global_batch": cfg.batch_size,
@@ -558,50 +202,114 @@ def _train(
         cfg.model, env.device, env.world_size, cfg.batch_size, effective["per_process_batch"],
         cfg.lr, parts.amp, effective["steps_per_epoch"],
     )  # fmt: skip
-    files.open_tensorboard(purge_step=start_epoch + 1 if resumed else None)
-    stop = StopRequest(env)
+    return effective
+
+
+def _run_epoch(run: _Run, epoch: int, stop: StopRequest) -> dict | None:
+    """Train one epoch and validate; returns the history row (the same on every rank), or None
+    if a stop was requested mid-epoch (`run.progress` then says where it stopped).
+
+    A fresh epoch seeds its random draws from (seed, epoch, rank); a resumed one continues
+    with the RNG states restored from the checkpoint and skips the batches already done.
+    """
+    parts, cfg, env, progress = run.parts, run.cfg, run.env, run.progress
+    if progress.batches == 0:
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+        parts.aug_generator.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+    sampler = parts.train_loader.sampler
+    assert isinstance(sampler, DistributedSampler), sampler  # as data.build_loader makes it
+    sampler.set_epoch(epoch)
+    todo = itertools.islice(parts.train_loader, progress.batches, None)
+    total = len(parts.train_loader) - progress.batches
+    batches = run.files.progress(todo, f"epoch {epoch + 1}/{cfg.epochs}", total=total)
+    started = time.perf_counter()
+    fit = train_one_epoch(parts, batches, env, progress, stop.due)
+    progress.seconds += time.perf_counter() - started
+    if fit["stopped"]:
+        return None
+    val = evaluate_split(parts, parts.val_loader, env)
+    return {
+        "epoch": epoch + 1,
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "train_loss": fit["loss"],
+        "train_acc": fit["acc"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "val_macro_f1": val["macro_f1"],
+        "epoch_seconds": round(progress.seconds, 3),
+        "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
+    }
+
+
+def _fit(run: _Run) -> None:
+    """Train from where `run` stands to the last epoch, checkpointing after each; a stop
+    request (`cvpipe.preemption`) checkpoints and raises `Preempted`."""
+    files = run.files
+    files.open_tensorboard(purge_step=run.start_epoch + 1 if run.resumed else None)
+    stop = StopRequest(run.env)
     stop.install()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(run.start_epoch, run.cfg.epochs):
             if stop.requested():  # arrived during validation or checkpointing: all is saved
                 raise Preempted(f"stopped by {stop.describe()} after epoch {epoch} (checkpointed)")
-            row = run_epoch(parts, cfg, epoch, env, files, progress, stop)
+            row = _run_epoch(run, epoch, stop)
             if row is None:
-                state = training_state(parts, epoch, history, best, identity, cfg, env, progress)
-                files.save_checkpoint(files.last_checkpoint, state)
-                # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
-                # possibly before its checkpoint is on disk.
-                distributed.barrier(env)
-                raise Preempted(
-                    f"stopped by {stop.describe()} in epoch {epoch + 1} after {progress.batches} "
-                    f"of {len(parts.train_loader)} batches; checkpointed to "
-                    f"{files.last_checkpoint}. Run again (Snakemake retries) to resume there."
-                )
-            progress = EpochProgress()
-            history.append(row)
-            improved = best is None or _improves(row, best["metrics"], cfg.monitor)
-            if improved:
-                best = {"epoch": epoch + 1, "metrics": row}
-                weights = {"model": parts.model.state_dict(), "epoch": epoch}
-                files.save_checkpoint(files.best_checkpoint, weights)
-            state = training_state(parts, epoch, history, best, identity, cfg, env)
-            files.save_checkpoint(files.last_checkpoint, state)
-            files.write_history(history)
-            files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
-                " | %.1f img/s%s",
-                epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-                row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
-                "  *best" if improved else "",
-            )  # fmt: skip
+                _stop_mid_epoch(run, epoch, stop)
+            run.progress = EpochProgress()
+            _end_epoch(run, epoch, row)
     finally:
         stop.uninstall()
         files.close()
 
-    distributed.barrier(env)  # rank 0 has written best.pt before anyone reads it
+
+def _checkpoint(run: _Run, epoch: int, progress: EpochProgress | None = None) -> None:
+    """Save `last.pt` (a collective call: every rank makes it)."""
+    state = checkpoint.training_state(
+        run.parts, epoch, run.history, run.best, run.identity, run.cfg.as_dict(), run.env, progress
+    )
+    run.files.save_checkpoint(run.files.last_checkpoint, state)
+
+
+def _stop_mid_epoch(run: _Run, epoch: int, stop: StopRequest) -> NoReturn:
+    """Checkpoint the position inside `epoch` and raise `Preempted` (on every rank)."""
+    _checkpoint(run, epoch, run.progress)
+    # The other ranks must not exit first: torchrun would then SIGTERM rank 0,
+    # possibly before its checkpoint is on disk.
+    distributed.barrier(run.env)
+    raise Preempted(
+        f"stopped by {stop.describe()} in epoch {epoch + 1} after {run.progress.batches} "
+        f"of {len(run.parts.train_loader)} batches; checkpointed to "
+        f"{run.files.last_checkpoint}. Run again (Snakemake retries) to resume there."
+    )
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
+    """Record a finished epoch: best.pt if it improved, last.pt, history, TensorBoard, log."""
+    cfg, files = run.cfg, run.files
+    run.history.append(row)
+    improved = run.best is None or _improves(row, run.best["metrics"], cfg.monitor)
+    if improved:
+        run.best = {"epoch": epoch + 1, "metrics": row}
+        weights = {"model": run.parts.model.state_dict(), "epoch": epoch}
+        files.save_checkpoint(files.best_checkpoint, weights)
+    _checkpoint(run, epoch)
+    files.write_history(run.history)
+    files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
+        " | %.1f img/s%s",
+        epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+        row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
+        "  *best" if improved else "",
+    )  # fmt: skip
+
+
+def _write_model(run: _Run, stats: dict) -> None:
+    """The history, and the model file: the best epoch's weights with what evaluation needs."""
+    cfg, files = run.cfg, run.files
+    distributed.barrier(run.env)  # rank 0 has written best.pt before anyone reads it
     best_weights = checkpoint.load(files.best_checkpoint, map_location="cpu")["model"]
-    files.write_history(history)
+    files.write_history(run.history)
     files.save_checkpoint(
         files.model_path,
         {
@@ -610,18 +318,20 @@ def _train(
             "model_name": cfg.model,
             "classes": stats["classes"],
             "image_size": cfg.image_size,
-            "mean": parts.mean,
-            "std": parts.std,
-            "epoch": best["epoch"],
-            "val_metrics": best["metrics"],
+            "mean": run.parts.mean,
+            "std": run.parts.std,
+            "epoch": _best(run)["epoch"],
+            "val_metrics": _best(run)["metrics"],
             "config": cfg.as_dict(),
             "manifest_sha256": stats["manifest_sha256"],
         },
     )
-    if provenance_path:
-        effective["finished_unix"] = time.time()
-        record = provenance.collect(
-            "train", cfg.as_dict(), stats["manifest_sha256"], env.device, training=effective
-        )
-        files.write_json(provenance_path, record)
-    return best["metrics"]
+
+
+def _write_provenance(run: _Run, path: str | Path, stats: dict, effective: dict) -> None:
+    """provenance.json: code, data, software and machine, and how the run was laid out."""
+    effective["finished_unix"] = time.time()
+    record = provenance.collect(
+        "train", run.cfg.as_dict(), stats["manifest_sha256"], run.env.device, training=effective
+    )
+    run.files.write_json(path, record)

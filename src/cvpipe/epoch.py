@@ -1,0 +1,95 @@
+"""One epoch of training: the steps over the training batches, and validation of a split.
+
+`train_one_epoch` is the step loop (autocast forward, GradScaler backward, optimizer and
+per-step LR schedule), summing loss and accuracy on the device and over DDP ranks;
+`evaluate_split` computes loss, accuracy and macro-F1 (`cvpipe.metrics`) the same way. Both take
+the run's `Parts` (`cvpipe.parts`). `epoch_seed` is what makes every epoch's random draws
+replayable, so that a resumed run continues exactly (`cvpipe.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.utils.data import DataLoader
+
+from cvpipe import distributed, metrics
+from cvpipe.checkpoint import EpochProgress
+from cvpipe.distributed import DistEnv
+from cvpipe.parts import Parts
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed for everything random in one epoch on one rank (so resume replays it exactly)."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**63)
+
+
+def train_one_epoch(
+    parts: Parts,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    env: DistEnv,
+    progress: EpochProgress | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> dict[str, float]:
+    """Train `parts.wrapped` on `batches` (uint8 images, through `parts.train_transform`);
+    returns loss and accuracy over all ranks, and whether it stopped.
+
+    `progress` carries an interrupted epoch's sums in and the new position out;
+    `should_stop(batches_done)` is asked after every step (it must agree across ranks).
+    """
+    progress = progress if progress is not None else EpochProgress()
+    optimizer, scaler = parts.optimizer, parts.scaler
+    parts.wrapped.train()
+    # Summed on the device, so the loop never waits for the GPU; read once at the end. Sums
+    # carried over from an interrupted epoch are global, so only rank 0 starts from them.
+    start = [progress.loss_sum, progress.correct, progress.count] if env.is_main else [0.0] * 3
+    sums = torch.tensor(start, dtype=torch.float64, device=env.device)
+    stopped = False
+    for images, labels in batches:
+        images = images.to(env.device, non_blocking=True)
+        labels = labels.to(env.device, non_blocking=True)
+        x = parts.train_transform(images)
+        with parts.autocast():
+            logits = parts.wrapped(x)
+            loss = parts.criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        parts.scheduler.step()
+        sums[0] += loss.detach().double() * labels.numel()
+        sums[1] += (logits.argmax(1) == labels).sum()
+        sums[2] += labels.numel()
+        progress.batches += 1
+        if should_stop is not None and should_stop(progress.batches):
+            stopped = True
+            break
+    loss_total, correct_total, count_total = distributed.all_reduce_sum(sums, env).tolist()
+    progress.loss_sum, progress.correct, progress.count = loss_total, correct_total, count_total
+    count_total = max(count_total, 1)
+    return {
+        "loss": loss_total / count_total,
+        "acc": correct_total / count_total,
+        "stopped": stopped,
+    }
+
+
+@torch.no_grad()
+def evaluate_split(parts: Parts, loader: DataLoader, env: DistEnv) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of `parts.wrapped` on a split (through
+    `parts.eval_transform`), reduced over ranks (every rank gets the same)."""
+    num_classes = parts.num_classes
+    parts.wrapped.eval()
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
+    for images, labels in loader:
+        images = images.to(env.device, non_blocking=True)
+        labels = labels.to(env.device, non_blocking=True)
+        with parts.autocast():
+            logits = parts.wrapped(parts.eval_transform(images))
+        loss_sum += parts.criterion(logits.float(), labels).double() * labels.numel()
+        cm += metrics.torch_confusion(labels, logits.argmax(1), num_classes)
+    distributed.all_reduce_sum(loss_sum, env)
+    distributed.all_reduce_sum(cm, env)
+    return {"loss": loss_sum.item() / max(cm.sum().item(), 1), **metrics.summarize_confusion(cm)}
