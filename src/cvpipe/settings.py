@@ -38,7 +38,7 @@ AMP_MODES: tuple[str, ...] = typing.get_args(Amp)
 MONITORS: tuple[str, ...] = typing.get_args(Monitor)
 # Keys that say how a run is launched, not what it learns: a checkpoint made with other values
 # still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
-# they resolve to do count (`runtime` in the resume identity, see `train._train`).
+# they resolve to do count (`runtime` in the resume identity, see `train._start_or_resume`).
 _NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
 
 
