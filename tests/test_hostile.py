@@ -1,0 +1,33 @@
+"""Hostile inputs and faults, one test per case (issue 13): each asserts the sentence the user
+sees (the file, the reason, what to do) or the changed behaviour, and that nothing was lost.
+
+The sections follow the issue's list; the next case is one more function in its section.
+"""
+
+from __future__ import annotations
+
+# --- Silent wrong results --------------------------------------------------------------------
+# 1. The same image twice in a class: every copy in one split, listed in duplicates.csv.
+# 2. The same bytes in two classes: the index stops, naming both paths.
+# 3. A JPEG corrupted mid-stream is a bad image.
+
+
+# --- Tracebacks where a sentence belongs: weights, checkpoints, models -----------------------
+# 4. A text file as `weights`.
+# 5. A malicious pickle as `weights`: refused without the "weights_only=False" advice.
+# 6. A truncated last.pt: set aside as last.pt.corrupt, training starts afresh.
+# 7. A garbage model.pt: evaluate names it and says to rerun training.
+# 8. A full disk: the file, the bytes needed and the free space.
+
+
+# --- Tracebacks where a sentence belongs: data tree and sizes --------------------------------
+# 9. A symlink loop or a dangling symlink in a class folder: a bad file, in both modes.
+# 10. image_size too large: the schema's maximum; the cache size checked against free disk.
+
+
+# --- Surprises -------------------------------------------------------------------------------
+# 11. A GIF: its first frame, or "unsupported format".
+# 12. Numbers in --config: string numbers and booleans coerced where the schema wants them.
+# 13. amp fp16/bf16 on a CPU: no scheduler warning; one log line that it is slow.
+# 14. Non-Latin class names in figures.
+# 15. An unknown model and split ratios not summing to 1: caught when the config loads.
