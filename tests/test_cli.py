@@ -20,6 +20,8 @@ def test_missing_data_root_is_one_line(tmp_path):
         "m.csv",
         "--bad-images",
         "b.csv",
+        "--duplicates",
+        "d.csv",
         "--split",
         "train=0.7,val=0.15,test=0.15",
         "--seed",

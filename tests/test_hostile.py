@@ -6,8 +6,56 @@ The sections follow the issue's list; the next case is one more function in its 
 
 from __future__ import annotations
 
+import csv
+
+import cv2
+import numpy as np
+
+from cvpipe.index import write_index
+
+RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
+
+
+def png(seed: int) -> bytes:
+    image = np.random.default_rng(seed).integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def make_data(root, per_class=8, classes=("ok", "scratch")):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(png(100 * c + i))
+    return root
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 # --- Silent wrong results --------------------------------------------------------------------
 # 1. The same image twice in a class: every copy in one split, listed in duplicates.csv.
+def test_copies_of_an_image_share_one_split(tmp_path, caplog):
+    root = make_data(tmp_path / "data")
+    for i in range(7):
+        (root / "ok" / f"copy{i}.png").write_bytes(png(999))
+    out = tmp_path / "out"
+    rows = write_index(
+        root, out / "m.csv", out / "bad.csv", RATIOS, seed=0, duplicates_path=out / "dup.csv"
+    )
+    copies = {r["path"]: r["split"] for r in rows if r["path"].startswith("ok/copy")}
+    assert len(copies) == 7 and len(set(copies.values())) == 1
+    dups = read_csv(out / "dup.csv")
+    assert sorted(d["path"] for d in dups) == sorted(copies)
+    assert {d["split"] for d in dups} == set(copies.values())
+    assert "7 files are copies of another file in their class" in caplog.text
+    # The shares count distinct images: 9 in ok (5 train, 2 val, 2 test).
+    distinct = {(r["sha256"], r["split"]) for r in rows if r["class"] == "ok"}
+    assert sorted(s for _, s in distinct).count("train") == 5
+    assert [s for _, s in distinct].count("test") == 2
+
+
 # 2. The same bytes in two classes: the index stops, naming both paths.
 # 3. A JPEG corrupted mid-stream is a bad image.
 

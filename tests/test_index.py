@@ -136,10 +136,10 @@ def test_palette_png_is_expanded(tmp_path):
 
 def test_manifest_records_source_format(tmp_path):
     root = tmp_path / "data"
-    for name, image in {"a": noise(channels=1), "b": noise(channels=4, dtype=np.uint16)}.items():
+    for name, kind in {"a": {"channels": 1}, "b": {"channels": 4, "dtype": np.uint16}}.items():
         (root / name).mkdir(parents=True)
-        for i in range(4):
-            (root / name / f"{i}.png").write_bytes(png(image))
+        for i in range(4):  # distinct images: identical copies would count as one
+            (root / name / f"{i}.png").write_bytes(png(noise(seed=i, **kind)))
     rows, _ = build_index(root, RATIOS, seed=0)
     assert {(r["class"], r["channels"], r["bit_depth"]) for r in rows} == {
         ("a", 1, 8),

@@ -7,6 +7,9 @@ channel count and bit depth it was stored with. Later stages read images only th
 Splits are stratified by class and deterministic: inside a class, files are ordered by
 sha256(seed, relative path) and the first share goes to test, the next to val, the rest to train.
 Adding one image moves at most a few others between splits, instead of reshuffling the class.
+Identical files (same sha256) in a class are split as one: the group takes the place of its first
+path (sorted), so every copy lands in the same split and no test image is also a training image;
+the shares count distinct contents. Without duplicates this is the plain per-file order above.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ MANIFEST_FIELDS = (
     "path", "class", "label", "split", "sha256", "width", "height", "channels", "bit_depth",
 )  # fmt: skip
 BAD_FIELDS = ("path", "reason")
+DUPLICATE_FIELDS = ("sha256", "path", "class", "split")
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,21 @@ def min_class_size(ratios: dict[str, float]) -> int:
     return n
 
 
-def assign_splits(rels: list[str], ratios: dict[str, float], seed: int) -> dict[str, str]:
-    """Map each relative path of one class to a split (see the module docstring)."""
-    order = sorted(rels, key=lambda r: hashlib.sha256(f"{seed}:{r}".encode()).hexdigest())
-    counts = split_counts(len(rels), ratios)
+def assign_splits(
+    rels: list[str], ratios: dict[str, float], seed: int, sha256: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Map each relative path of one class to a split (see the module docstring).
+
+    With `sha256` (path -> content hash), paths of identical content share one split.
+    """
+    groups: dict[str, list[str]] = {}
+    for rel in sorted(rels):
+        groups.setdefault(sha256[rel] if sha256 else rel, []).append(rel)
+    firsts = {members[0]: members for members in groups.values()}
+    order = sorted(firsts, key=lambda r: hashlib.sha256(f"{seed}:{r}".encode()).hexdigest())
+    counts = split_counts(len(order), ratios)
     names = ["test"] * counts["test"] + ["val"] * counts["val"] + ["train"] * counts["train"]
-    return dict(zip(order, names, strict=True))
+    return {rel: split for first, split in zip(order, names, strict=True) for rel in firsts[first]}
 
 
 def _check_ratios(ratios: dict[str, float]) -> None:
@@ -160,7 +173,8 @@ def _check_class_sizes(
     root: Path, classes: list[str], good: list[Checked], ratios: dict[str, float]
 ) -> None:
     """Every class needs enough usable images for one in each split."""
-    per_class = Counter(c.class_name for c in good)
+    # Identical copies count once: they share a split (see the module docstring).
+    per_class = Counter(c.class_name for c in {(c.class_name, c.sha256): c for c in good}.values())
     empty = [name for name in classes if per_class[name] == 0]
     if empty:
         raise CvpipeError(
@@ -172,8 +186,8 @@ def _check_class_sizes(
     if small:
         raise CvpipeError(
             f"class(es) too small for the split {ratios}: {', '.join(small)}. Each class needs "
-            f"at least {need} images so that train, val and test each get one; add images or "
-            "change data.split."
+            f"at least {need} images (identical copies count once) so that train, val and test "
+            "each get one; add images or change data.split."
         )
 
 
@@ -184,7 +198,9 @@ def _manifest_rows(
     rows: list[dict] = []
     for label, name in enumerate(classes):
         members = [c for c in good if c.class_name == name]
-        splits = assign_splits([c.rel for c in members], ratios, seed)
+        splits = assign_splits(
+            [c.rel for c in members], ratios, seed, {c.rel: c.sha256 for c in members}
+        )
         rows.extend(
             {
                 "path": c.rel,
@@ -202,6 +218,14 @@ def _manifest_rows(
     return rows
 
 
+def duplicate_rows(rows: list[dict]) -> list[dict]:
+    """Manifest rows whose content (sha256) occurs more than once in their class, grouped."""
+    copies = Counter((r["class"], r["sha256"]) for r in rows)
+    dups = [r for r in rows if copies[r["class"], r["sha256"]] > 1]
+    dups.sort(key=lambda r: (r["class"], r["sha256"], r["path"]))
+    return [{k: r[k] for k in DUPLICATE_FIELDS} for r in dups]
+
+
 def write_index(
     root: str | Path,
     manifest_path: str | Path,
@@ -210,8 +234,9 @@ def write_index(
     seed: int,
     on_bad_image: OnBadImage = "fail",
     threads: int = 1,
+    duplicates_path: str | Path | None = None,
 ) -> list[dict]:
-    """Run `build_index` and write the manifest and the bad-file report (empty if none)."""
+    """Run `build_index`; write the manifest, the bad-file and the duplicate reports."""
     rows, bad = build_index(root, ratios, seed, on_bad_image, threads)
     if bad:
         log.warning(
@@ -220,6 +245,17 @@ def write_index(
             bad_path,
             _format_bad(bad, Path(root)),
         )
+    dups = duplicate_rows(rows)
+    if dups:
+        log.warning(
+            "%d files are copies of another file in their class; each group of copies shares "
+            "one split (listed in %s):\n%s",
+            len(dups),
+            duplicates_path,
+            "\n".join(f"  {d['sha256'][:12]} {d['split']:<5} {d['path']}" for d in dups),
+        )
+    if duplicates_path is not None:
+        atomic.write_csv(duplicates_path, DUPLICATE_FIELDS, dups)
     atomic.write_csv(bad_path, BAD_FIELDS, [{"path": b.rel, "reason": b.problem} for b in bad])
     atomic.write_csv(manifest_path, MANIFEST_FIELDS, rows)
     counts = Counter((r["class"], r["split"]) for r in rows)

@@ -9,6 +9,7 @@ rule index:
     output:
         manifest="results/dataset/manifest.csv",
         bad_images="results/dataset/bad_images.csv",
+        duplicates="results/dataset/duplicates.csv",
     log:
         "results/logs/index.log",
     params:
@@ -22,5 +23,5 @@ rule index:
         ENV
     shell:
         "python -m cvpipe index --data-root {input.data} --manifest {output.manifest}"
-        " --bad-images {output.bad_images} --split {params.split} --seed {params.seed}"
+        " --bad-images {output.bad_images} --duplicates {output.duplicates} --split {params.split} --seed {params.seed}"
         " --on-bad-image {params.on_bad_image} --threads {threads} > {log} 2>&1"
