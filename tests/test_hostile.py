@@ -10,8 +10,11 @@ import csv
 
 import cv2
 import numpy as np
+import pytest
 
-from cvpipe.index import write_index
+from cvpipe import datatree
+from cvpipe.errors import CvpipeError
+from cvpipe.index import build_index, write_index
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
@@ -70,6 +73,36 @@ def test_copies_of_an_image_share_one_split(tmp_path, caplog):
 
 # --- Tracebacks where a sentence belongs: data tree and sizes --------------------------------
 # 9. A symlink loop or a dangling symlink in a class folder: a bad file, in both modes.
+def _symlinks(root):
+    (root / "ok" / "loop.png").symlink_to("loop.png")
+    (root / "ok" / "dangling.png").symlink_to("gone.png")
+    (root / "ok" / "back").symlink_to("..")  # a folder link back above itself
+    return {
+        "ok/loop.png": "symlink loop (loop.png -> loop.png)",
+        "ok/dangling.png": "dangling symlink (its target gone.png does not exist)",
+        "ok/back": "symlink loop: a link back to a folder above it (back -> ..)",
+    }
+
+
+def test_symlink_loops_and_dangling_links_are_bad_files(tmp_path):
+    root = make_data(tmp_path / "data")
+    expected = _symlinks(root)
+    # The fingerprint (computed while Snakemake builds the job graph) does not raise.
+    first = datatree.tree_fingerprint(root, tmp_path / "cache.json")
+    assert datatree.tree_fingerprint(root, tmp_path / "cache.json") == first
+    with pytest.raises(CvpipeError) as err:
+        build_index(root, RATIOS, seed=0)
+    message = str(err.value)
+    assert message.startswith("3 of 19 files")
+    for rel, reason in expected.items():
+        assert f"{root / rel}: {reason}" in message
+    out = tmp_path / "out"
+    rows = write_index(root, out / "m.csv", out / "bad.csv", RATIOS, seed=0, on_bad_image="skip")
+    assert len(rows) == 16
+    bad = {b["path"]: b["reason"] for b in read_csv(out / "bad.csv")}
+    assert bad == expected
+
+
 # 10. image_size too large: the schema's maximum; the cache size checked against free disk.
 
 

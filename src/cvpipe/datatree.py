@@ -3,6 +3,9 @@
 A data set is a folder with one subfolder per class; every non-hidden file below a class folder
 (at any depth, as in torchvision's `ImageFolder`) is a sample of that class. Hidden files and
 folders (`.DS_Store`, `.ipynb_checkpoints`) and files directly in the root are not samples.
+Symlinks are followed. A dangling symlink, a symlink loop, or a folder link back to a folder above
+it is still a sample, a bad one (`unreadable` says why): the index reports it like any bad image,
+and the fingerprint hashes the reason instead of failing while Snakemake builds the job graph.
 
 The fingerprint is a sha256 over every sample's relative path and content. The workflow passes it
 to the index rule as a param, so indexing (and everything after it) reruns when the data's content
@@ -15,9 +18,11 @@ This module is imported by the Snakefile at parse time: standard library (and `a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,14 +40,49 @@ def class_dirs(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in Path(root).iterdir() if p.is_dir() and _visible(p.name))
 
 
+def _folder_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def iter_samples(root: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
     """Yield `(class_name, path)` for every sample file, in a stable (sorted) order."""
     for class_dir in class_dirs(root):
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            for name in sorted(filenames):
+        # Folders above (and on the way down from) the class folder: a link to one is a loop.
+        up = [class_dir, *class_dir.absolute().parents, *class_dir.resolve().parents]
+        above = {str(class_dir): {_folder_id(str(p)) for p in up}}
+        for dirpath, dirnames, filenames in os.walk(str(class_dir), followlinks=True):
+            seen = above.pop(dirpath, set())
+            loops: list[str] = []
+            keep: list[str] = []
+            for d in sorted(d for d in dirnames if _visible(d)):
+                folder = _folder_id(os.path.join(dirpath, d))
+                (loops if folder is None or folder in seen else keep).append(d)
+                above[os.path.join(dirpath, d)] = seen | {folder}
+            dirnames[:] = keep
+            for name in sorted(filenames + loops):
                 if _visible(name):
                     yield class_dir.name, Path(dirpath) / name
+
+
+def unreadable(path: Path) -> str | None:
+    """Why a sample cannot be read as a file (a symlink loop, a dangling symlink), or None."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        target = os.readlink(path) if path.is_symlink() else ""
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop ({path.name} -> {target})"
+        if exc.errno == errno.ENOENT and target:
+            return f"dangling symlink (its target {target} does not exist)"
+        return f"unreadable: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        link = f" ({path.name} -> {os.readlink(path)})" if path.is_symlink() else ""
+        return f"symlink loop: a link back to a folder above it{link}"
+    return None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -70,6 +110,10 @@ def tree_fingerprint(root: str | os.PathLike[str], cache_file: str | os.PathLike
     digest = hashlib.sha256()
     for _, path in iter_samples(root):
         rel = path.relative_to(root).as_posix()
+        problem = unreadable(path)
+        if problem:  # a bad file counts by its reason; the index stage reports it
+            digest.update(f"{rel}\0{problem}\n".encode())
+            continue
         st = path.stat()
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         entry = cache.get(rel)

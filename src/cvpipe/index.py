@@ -56,6 +56,9 @@ class Checked:
 def check_file(root: Path, class_name: str, path: Path) -> Checked:
     """Read, hash and decode one file; never raises for a bad image."""
     rel = path.relative_to(root).as_posix()
+    problem = datatree.unreadable(path)
+    if problem:
+        return Checked(class_name, rel, problem=problem)
     try:
         data = path.read_bytes()
     except OSError as exc:
