@@ -28,6 +28,8 @@ def test_missing_data_root_is_one_line(tmp_path):
         "0",
         "--on-bad-image",
         "fail",
+        "--on-conflicting-labels",
+        "fail",
         "--threads",
         "1",
     )

@@ -207,6 +207,7 @@ LITERALS = {
     "$defs.train.properties.normalize": settings.Normalize,
     "$defs.train.properties.device": settings.Device,
     "properties.data.properties.on_bad_image": settings.OnBadImage,
+    "properties.data.properties.on_conflicting_labels": settings.OnConflictingLabels,
     "properties.synth.properties.format": settings.ImageFormat,
     "properties.preprocess.properties.resize": settings.Resize,
 }

@@ -60,6 +60,27 @@ def test_copies_of_an_image_share_one_split(tmp_path, caplog):
 
 
 # 2. The same bytes in two classes: the index stops, naming both paths.
+def test_same_bytes_in_two_classes_stop_the_index(tmp_path):
+    root = make_data(tmp_path / "data")
+    (root / "scratch" / "same.png").write_bytes((root / "ok" / "3.png").read_bytes())
+    (root / "scratch" / "also.png").write_bytes((root / "ok" / "5.png").read_bytes())
+    with pytest.raises(CvpipeError) as err:
+        build_index(root, RATIOS, seed=0)
+    message = str(err.value)
+    assert message.startswith("2 pair(s) of files")
+    assert f"{root / 'ok/3.png'} (ok) = {root / 'scratch/same.png'} (scratch)" in message
+    assert f"{root / 'ok/5.png'} (ok) = {root / 'scratch/also.png'} (scratch)" in message
+    assert "data.on_conflicting_labels: drop" in message
+    out = tmp_path / "out"
+    rows = write_index(
+        root, out / "m.csv", out / "bad.csv", RATIOS, seed=0, on_conflicting_labels="drop"
+    )
+    assert len(rows) == 14
+    bad = {b["path"]: b["reason"] for b in read_csv(out / "bad.csv")}
+    assert sorted(bad) == ["ok/3.png", "ok/5.png", "scratch/also.png", "scratch/same.png"]
+    assert bad["ok/3.png"].startswith("same bytes in classes ok, scratch (contradictory labels")
+
+
 # 3. A JPEG corrupted mid-stream is a bad image.
 
 

@@ -67,13 +67,16 @@ def run_synth(a: argparse.Namespace) -> None:
 
 def add_index(p: argparse.ArgumentParser) -> None:
     """Decode-check the data, split it and write the manifest."""
-    from cvpipe.settings import OnBadImage
+    from cvpipe.settings import OnBadImage, OnConflictingLabels
 
     _required(p, "--data-root", "--manifest")
     p.add_argument("--bad-images", required=True, help="CSV listing skipped files")
     p.add_argument("--duplicates", required=True, help="CSV listing identical files in a class")
     p.add_argument("--split", type=_ratios, required=True, metavar="train=R,val=R,test=R")
     p.add_argument("--on-bad-image", required=True, choices=typing.get_args(OnBadImage))
+    p.add_argument(
+        "--on-conflicting-labels", required=True, choices=typing.get_args(OnConflictingLabels)
+    )
     _required(p, "--seed", "--threads", type=int)
 
 
@@ -83,7 +86,7 @@ def run_index(a: argparse.Namespace) -> None:
     write_index(
         root=a.data_root, manifest_path=a.manifest, bad_path=a.bad_images, ratios=a.split,
         seed=a.seed, on_bad_image=a.on_bad_image, threads=a.threads,
-        duplicates_path=a.duplicates,
+        duplicates_path=a.duplicates, on_conflicting_labels=a.on_conflicting_labels,
     )  # fmt: skip
 
 

@@ -21,13 +21,13 @@ import math
 import typing
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cvpipe import atomic, datatree
 from cvpipe.decode import BadImage, decode, to_rgb8
 from cvpipe.errors import CvpipeError
-from cvpipe.settings import OnBadImage
+from cvpipe.settings import OnBadImage, OnConflictingLabels
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def build_index(
     seed: int,
     on_bad_image: OnBadImage = "fail",
     threads: int = 1,
+    on_conflicting_labels: OnConflictingLabels = "fail",
 ) -> tuple[list[dict], list[Checked]]:
     """Scan `root` and return (manifest rows, bad files). Raises CvpipeError on unusable data."""
     root = Path(root)
@@ -150,9 +151,47 @@ def build_index(
             "Fix or remove them, or set data.on_bad_image: skip to leave them out "
             "(they are then listed in bad_images.csv)."
         )
-    good = [c for c in checked if not c.problem]
+    good, dropped = _conflicting_labels(
+        root, [c for c in checked if not c.problem], on_conflicting_labels
+    )
+    bad += dropped
     _check_class_sizes(root, classes, good, ratios)
     return _manifest_rows(classes, good, ratios, seed), bad
+
+
+def _conflicting_labels(
+    root: Path, good: list[Checked], mode: OnConflictingLabels
+) -> tuple[list[Checked], list[Checked]]:
+    """(kept, dropped): files whose bytes occur in two classes fail the run, or are dropped."""
+    by_content: dict[str, list[Checked]] = {}
+    for c in good:
+        by_content.setdefault(c.sha256, []).append(c)
+    clashes = [g for g in by_content.values() if len({c.class_name for c in g}) > 1]
+    if not clashes:
+        return good, []
+    if mode not in typing.get_args(OnConflictingLabels):
+        raise CvpipeError(f"data.on_conflicting_labels must be fail or drop, not {mode!r}")
+    pairs = [
+        f"  {root / a.rel} ({a.class_name}) = {root / b.rel} ({b.class_name})"
+        for g in clashes
+        for i, a in enumerate(g)
+        for b in g[i + 1 :]
+        if a.class_name != b.class_name
+    ]
+    if mode == "fail":
+        raise CvpipeError(
+            f"{len(pairs)} pair(s) of files in {root} have the same bytes in different classes "
+            f"(contradictory labels):\n" + "\n".join(pairs) + "\nRemove the copies with the "
+            "wrong label, or set data.on_conflicting_labels: drop to leave out every such file "
+            "(they are then listed in bad_images.csv)."
+        )
+    clash = {c.sha256: sorted({c.class_name for c in g}) for g in clashes for c in g}
+    dropped = [
+        replace(c, problem=f"same bytes in classes {', '.join(clash[c.sha256])} "
+                f"(contradictory labels; dropped by data.on_conflicting_labels: drop)")
+        for c in good if c.sha256 in clash
+    ]  # fmt: skip
+    return [c for c in good if c.sha256 not in clash], dropped
 
 
 def _class_names(root: Path) -> list[str]:
@@ -238,9 +277,10 @@ def write_index(
     on_bad_image: OnBadImage = "fail",
     threads: int = 1,
     duplicates_path: str | Path | None = None,
+    on_conflicting_labels: OnConflictingLabels = "fail",
 ) -> list[dict]:
     """Run `build_index`; write the manifest, the bad-file and the duplicate reports."""
-    rows, bad = build_index(root, ratios, seed, on_bad_image, threads)
+    rows, bad = build_index(root, ratios, seed, on_bad_image, threads, on_conflicting_labels)
     if bad:
         log.warning(
             "skipped %d bad files (listed in %s):\n%s",

@@ -31,6 +31,7 @@ Resume = Literal["auto", "never"]
 Normalize = Literal["auto", "dataset", "imagenet"]
 Device = Literal["auto", "cpu", "cuda"]
 OnBadImage = Literal["fail", "skip"]
+OnConflictingLabels = Literal["fail", "drop"]
 ImageFormat = Literal["png", "jpg"]
 Resize = Literal["crop", "letterbox"]
 

@@ -17,6 +17,7 @@ rule index:
         split=",".join(f"{k}={v}" for k, v in config["data"]["split"].items()),
         seed=config["data"]["split_seed"],
         on_bad_image=config["data"]["on_bad_image"],
+        on_conflicting_labels=config["data"]["on_conflicting_labels"],
         code=stage_code("index"),
     threads: 4
     conda:
@@ -24,4 +25,6 @@ rule index:
     shell:
         "python -m cvpipe index --data-root {input.data} --manifest {output.manifest}"
         " --bad-images {output.bad_images} --duplicates {output.duplicates} --split {params.split} --seed {params.seed}"
-        " --on-bad-image {params.on_bad_image} --threads {threads} > {log} 2>&1"
+        " --on-bad-image {params.on_bad_image}"
+        " --on-conflicting-labels {params.on_conflicting_labels}"
+        " --threads {threads} > {log} 2>&1"
