@@ -82,6 +82,21 @@ def test_same_bytes_in_two_classes_stop_the_index(tmp_path):
 
 
 # 3. A JPEG corrupted mid-stream is a bad image.
+def test_jpeg_corrupted_mid_stream_is_a_bad_image(tmp_path):
+    root = make_data(tmp_path / "data")
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".jpg", image)[1].tobytes())
+    (root / "ok" / "good.jpg").write_bytes(data)
+    sos = data.index(b"\xff\xda")
+    middle = (sos + len(data)) // 2
+    for i in range(middle - 100, middle + 100):  # 200 bytes of the entropy-coded data
+        data[i] ^= 0xA5
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    (root / "ok" / "corrupt.jpg").write_bytes(data)
+    with pytest.raises(CvpipeError) as err:
+        build_index(root, RATIOS, seed=0)
+    assert str(err.value).startswith("1 of 18 files")
+    assert f"{root / 'ok/corrupt.jpg'}: corrupt JPEG data (" in str(err.value)
 
 
 # --- Tracebacks where a sentence belongs: weights, checkpoints, models -----------------------

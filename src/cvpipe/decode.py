@@ -12,13 +12,20 @@ Conversion rule (applied by the index check and by preprocessing alike):
 
 A file is bad when it is empty, not a recognised image, cut short (JPEG without its end-of-image
 marker, PNG without its IEND chunk: OpenCV would otherwise return the decoded part silently), or
-fails to decode.
+fails to decode. The index check also reads every JPEG's entropy-coded data with Pillow
+(`check_stream`): libjpeg only warns of corrupt data ("Corrupt JPEG data: premature end of data
+segment") and OpenCV then returns an image with garbage or grey blocks, where Pillow raises.
 """
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
+
+# Pillow is not a direct dependency: torchvision and matplotlib both require it.
+from PIL import Image
 
 # Corrupt files make libpng/libjpeg print warnings through OpenCV's logger; bad files are
 # reported by the index stage instead, one clear list for all of them.
@@ -52,6 +59,25 @@ def _check_complete(data: bytes, fmt: str) -> None:
         raise BadImage("truncated JPEG (no end-of-image marker)")
     if fmt == "png" and b"IEND" not in data[-16:]:
         raise BadImage("truncated PNG (no IEND chunk)")
+
+
+def check_stream(data: bytes) -> None:
+    """Raise BadImage if a JPEG's compressed data is corrupt (see the module docstring).
+
+    Only a failure while reading pixels counts: a JPEG variant that Pillow cannot open at all
+    (and OpenCV decodes) is left to OpenCV's verdict.
+    """
+    if sniff_format(data) != "jpeg":
+        return
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:  # not Pillow's to judge, see above
+        return
+    try:
+        image.load()
+    except OSError as exc:
+        reason = str(exc).replace("broken data stream when reading image file", "").strip()
+        raise BadImage(f"corrupt JPEG data ({reason or 'broken data stream'})") from None
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cvpipe import atomic, datatree
-from cvpipe.decode import BadImage, decode, to_rgb8
+from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
 from cvpipe.errors import CvpipeError
 from cvpipe.settings import OnBadImage, OnConflictingLabels
 
@@ -65,6 +65,7 @@ def check_file(root: Path, class_name: str, path: Path) -> Checked:
         return Checked(class_name, rel, problem=f"unreadable: {exc.strerror or exc}")
     try:
         image = decode(data)
+        check_stream(data)  # corruption that OpenCV decodes silently
         to_rgb8(image)  # the conversion preprocessing will apply must succeed too
     except BadImage as exc:
         return Checked(class_name, rel, problem=str(exc))
