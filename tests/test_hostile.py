@@ -6,6 +6,11 @@ The sections follow the issue's list; the next case is one more function in its 
 
 from __future__ import annotations
 
+import pytest
+
+from cvpipe.errors import CvpipeError
+from cvpipe.models import build_model
+
 # --- Silent wrong results --------------------------------------------------------------------
 # 1. The same image twice in a class: every copy in one split, listed in duplicates.csv.
 # 2. The same bytes in two classes: the index stops, naming both paths.
@@ -14,6 +19,17 @@ from __future__ import annotations
 
 # --- Tracebacks where a sentence belongs: weights, checkpoints, models -----------------------
 # 4. A text file as `weights`.
+def test_text_file_as_weights_is_one_sentence_naming_it(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
+    with pytest.raises(CvpipeError) as err:
+        build_model("resnet18", 2, weights=str(text))
+    msg = str(err.value)
+    assert str(text) in msg and "not a readable PyTorch file" in msg
+    assert "`weights`" in msg and "\n" not in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
 # 5. A malicious pickle as `weights`: refused without the "weights_only=False" advice.
 # 6. A truncated last.pt: set aside as last.pt.corrupt, training starts afresh.
 # 7. A garbage model.pt: evaluate names it and says to rerun training.

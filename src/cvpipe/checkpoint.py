@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvpipe import atomic, distributed
+from cvpipe import atomic, distributed, torchfile
 from cvpipe.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,14 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
         torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or model file safely (`weights_only=True`)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    fix: str = "rerun the stage that wrote it, or delete it",
+) -> dict[str, Any]:
+    """Load a checkpoint or model file safely (`weights_only=True`); a file that cannot be read
+    is a `CvpipeError` naming it and ending in `fix` (what to do)."""
+    return torchfile.load(path, map_location, fix)
 
 
 @dataclass
