@@ -6,7 +6,10 @@ The sections follow the issue's list; the next case is one more function in its 
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from cvpipe.errors import CvpipeError
 from cvpipe.models import build_model
@@ -31,6 +34,32 @@ def test_text_file_as_weights_is_one_sentence_naming_it(tmp_path):
 
 
 # 5. A malicious pickle as `weights`: refused without the "weights_only=False" advice.
+class _Payload:
+    """Unpickling this runs `os.system`: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_as_weights_is_refused_without_the_unsafe_advice(tmp_path):
+    marker, evil = tmp_path / "payload-ran", tmp_path / "evil.pt"
+    torch.save({"fc.weight": _Payload(marker)}, evil)
+    with pytest.raises(CvpipeError) as err:
+        build_model("resnet18", 2, weights=str(evil))
+    msg = str(err.value)
+    assert not marker.exists()
+    assert str(evil) in msg and "not a plain state dict or checkpoint" in msg
+    assert "will not unpickle it" in msg and "on a machine you trust" in msg
+    # PyTorch's own advice ("Re-running `torch.load` with `weights_only` set to `False` will
+    # likely succeed") is gone: weights_only=False appears only in the conversion recipe.
+    assert "Re-running" not in msg and "likely succeed" not in msg
+    assert msg.count("weights_only=False") == 1
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
 # 6. A truncated last.pt: set aside as last.pt.corrupt, training starts afresh.
 # 7. A garbage model.pt: evaluate names it and says to rerun training.
 # 8. A full disk: the file, the bytes needed and the free space.
