@@ -6,13 +6,16 @@ The sections follow the issue's list; the next case is one more function in its 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 import torch
 
+from cvpipe import checkpoint
 from cvpipe.errors import CvpipeError
 from cvpipe.models import build_model
+from cvpipe.train import TrainConfig, train
 
 # --- Silent wrong results --------------------------------------------------------------------
 # 1. The same image twice in a class: every copy in one split, listed in duplicates.csv.
@@ -61,6 +64,30 @@ def test_malicious_pickle_as_weights_is_refused_without_the_unsafe_advice(tmp_pa
 
 
 # 6. A truncated last.pt: set aside as last.pt.corrupt, training starts afresh.
+def _train(tiny_cache, out, epochs=1):
+    cfg = TrainConfig.from_dict(
+        {"model": "resnet18", "image_size": 32, "epochs": epochs, "batch_size": 8}
+    )
+    paths = (out / "model.pt", out / "history.csv", out / "provenance.json")
+    return train(cfg, tiny_cache / "cache", *paths, threads=2)
+
+
+def test_truncated_last_checkpoint_is_set_aside_and_training_starts_afresh(
+    tiny_cache, tmp_path, caplog
+):
+    _train(tiny_cache, tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # as a crash or a full disk mid-write would leave it
+    with caplog.at_level(logging.WARNING, logger="cvpipe.checkpoint"):
+        metrics = _train(tiny_cache, tmp_path)
+    corrupt = tmp_path / "checkpoints" / "last.pt.corrupt"
+    assert corrupt.read_bytes() == data[: len(data) // 2]
+    assert checkpoint.load(last)["epoch"] == 0 and metrics["epoch"] == 1  # fresh and complete
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(last) in warning and str(corrupt) in warning and "from scratch" in warning
+
+
 # 7. A garbage model.pt: evaluate names it and says to rerun training.
 # 8. A full disk: the file, the bytes needed and the free space.
 

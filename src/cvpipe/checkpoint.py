@@ -11,8 +11,10 @@ stored, so every file loads with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch import nn
 
 from cvpipe import atomic, distributed, torchfile
 from cvpipe.distributed import DistEnv
+from cvpipe.errors import CvpipeError
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +155,33 @@ def restore(parts: Resumable, state: dict, env: DistEnv) -> None:
     parts.aug_generator.set_state(mine["augment"].cpu())
 
 
-def try_resume(path: Path, identity: dict, epochs: int) -> dict | None:
-    """The `training_state` in `path`, or None where there is none or it was made with another
-    identity (logged: training then starts from scratch). `epochs` is only for the log line."""
+def _load_or_set_aside(path: Path) -> dict | None:
+    """`last.pt`'s content; None where there is none, or where it cannot be read (truncated by a
+    crash or a full disk, say): then it is moved to `last.pt.corrupt` and logged, so a rerun
+    starts afresh instead of failing on the same file forever."""
     if not path.exists():
         return None
-    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
-    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
-    state = load(path, map_location="cpu")
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        # Always to the CPU: RNG states are restored through NumPy and CPU generators, and
+        # `restore` moves the rest to the device (a CUDA-mapped load failed on every GPU).
+        return load(path, "cpu", fix=f"it is moved to {aside} and training starts from scratch")
+    except FileNotFoundError:  # another rank set it aside first
+        return None
+    except CvpipeError as exc:
+        with contextlib.suppress(FileNotFoundError):  # every rank tries; the first one moves it
+            os.replace(path, aside)
+        log.warning("not resuming: %s", exc)
+        return None
+
+
+def try_resume(path: Path, identity: dict, epochs: int) -> dict | None:
+    """The `training_state` in `path`, or None where there is none, it cannot be read (set aside
+    as `<name>.corrupt`) or it was made with another identity (logged: training then starts
+    from scratch). `epochs` is only for the log line."""
+    state = _load_or_set_aside(path)
+    if state is None:
+        return None
     saved = state.get("identity") or {}
     was, now = saved.get("runtime"), identity["runtime"]
     if was and was != now and {**saved, "runtime": now} == identity:
