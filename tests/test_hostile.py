@@ -14,6 +14,7 @@ import torch
 
 from cvpipe import checkpoint
 from cvpipe.errors import CvpipeError
+from cvpipe.evaluate import load_model
 from cvpipe.models import build_model
 from cvpipe.train import TrainConfig, train
 
@@ -89,6 +90,25 @@ def test_truncated_last_checkpoint_is_set_aside_and_training_starts_afresh(
 
 
 # 7. A garbage model.pt: evaluate names it and says to rerun training.
+@pytest.mark.parametrize("content", [b"\x00garbage" * 100, b""], ids=["garbage", "empty"])
+def test_garbage_model_file_is_named_with_the_rerun_command(tmp_path, content):
+    model = tmp_path / "train" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(content)
+    with pytest.raises(CvpipeError) as err:
+        load_model(model, torch.device("cpu"))
+    msg = str(err.value)
+    assert str(model) in msg and "snakemake --forcerun train" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_a_state_dict_as_model_file_is_named_with_the_rerun_command(tmp_path):
+    model = tmp_path / "model.pt"
+    checkpoint.save(model, build_model("resnet18", 2).state_dict())
+    with pytest.raises(CvpipeError, match=r"not a model file written by cvpipe train.*forcerun"):
+        load_model(model, torch.device("cpu"))
+
+
 # 8. A full disk: the file, the bytes needed and the free space.
 
 
