@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 
 import pytest
 import torch
 
-from cvpipe import checkpoint
+from cvpipe import atomic, checkpoint
 from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model
 from cvpipe.models import build_model
+from cvpipe.preprocess import preprocess
 from cvpipe.train import TrainConfig, train
 
 # --- Silent wrong results --------------------------------------------------------------------
@@ -110,6 +113,54 @@ def test_a_state_dict_as_model_file_is_named_with_the_rerun_command(tmp_path):
 
 
 # 8. A full disk: the file, the bytes needed and the free space.
+def test_full_disk_refuses_a_checkpoint_before_writing_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """A full disk is simulated by replacing `cvpipe.atomic.free_bytes` (the one place that
+    asks the filesystem): a small tmpfs needs a mount, which needs root (CAP_SYS_ADMIN) that CI
+    does not have, and no unprivileged size limit yields a real ENOSPC."""
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, {"model": {"w": torch.zeros(4)}})
+    old = path.read_bytes()
+    monkeypatch.setattr(atomic, "free_bytes", lambda _path: 123_456)
+    with pytest.raises(CvpipeError) as err:
+        checkpoint.save(path, build_model("resnet18", 2).state_dict())
+    msg = str(err.value)
+    assert str(path) in msg and "not enough disk space" in msg
+    assert "123,456 bytes" in msg and "MiB" in msg and "are free" in msg
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_full_disk_refuses_the_preprocess_cache_before_writing(tiny_cache, tmp_path, monkeypatch):
+    """Simulated as above: `free_bytes` reports 1 MiB; 48 images of 32 px need a little more."""
+    monkeypatch.setattr(atomic, "free_bytes", lambda _path: 2**20)
+    out = tmp_path / "cache"
+    with pytest.raises(CvpipeError, match="not enough disk space") as err:
+        preprocess(tiny_cache / "manifest.csv", tiny_cache / "data", out, size=32)
+    assert str(out) in str(err.value) and "1,048,576 bytes" in str(err.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_write_that_runs_out_of_room_is_the_same_sentence_and_keeps_the_old_file(tmp_path):
+    """A real failed write, with RLIMIT_FSIZE (settable without privileges, restored after):
+    it gives EFBIG/SIGXFSZ, not ENOSPC, but torch.save reports both as the same
+    "unexpected pos" RuntimeError, which is what cvpipe recognises; a true ENOSPC would need a
+    small filesystem, i.e. a mount (root). The limit is well above the old file's size."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.zeros(4)}})
+    old = path.read_bytes()
+    big = {"model": {"w": torch.zeros(2**20)}}  # 4 MiB
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills pytest
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, hard))
+    try:
+        with pytest.raises(CvpipeError) as err:
+            checkpoint.save(path, big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    msg = str(err.value)
+    assert str(path) in msg and "needs about 5.0 MiB" in msg and "are free" in msg
+    assert "unexpected pos" not in msg
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]  # no temp file left
 
 
 # --- Tracebacks where a sentence belongs: data tree and sizes --------------------------------

@@ -71,10 +71,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][: torch.cuda.device_count()]])
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what dominates the size of its file)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    with atomic.atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact. A file
+    that will not fit in the free space is refused before writing, and a disk that fills up
+    while writing is reported the same way (file, bytes needed, bytes free)."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    needed = _tensor_bytes(state) + 2**20  # the pickled rest and the zip records: well under 1 MiB
+    short = atomic.no_space(path, needed)
+    if short:
+        raise CvpipeError(short)
+    try:
+        with atomic.atomic_path(path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:
+        if not atomic.is_disk_full(exc):
+            raise
+        # atomic_path has removed the partial file by now, so the free space is the real one.
+        raise CvpipeError(atomic.space_message(path, needed)) from None
 
 
 def load(
