@@ -7,14 +7,23 @@ The sections follow the issue's list; the next case is one more function in its 
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import resource
+import signal
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from cvpipe import datatree
+from cvpipe import atomic, checkpoint, datatree
 from cvpipe.errors import CvpipeError
+from cvpipe.evaluate import load_model
 from cvpipe.index import build_index, write_index
+from cvpipe.models import build_model
+from cvpipe.preprocess import preprocess
+from cvpipe.train import TrainConfig, train
 
 RATIOS = {"train": 0.5, "val": 0.25, "test": 0.25}
 
@@ -101,10 +110,138 @@ def test_jpeg_corrupted_mid_stream_is_a_bad_image(tmp_path):
 
 # --- Tracebacks where a sentence belongs: weights, checkpoints, models -----------------------
 # 4. A text file as `weights`.
+def test_text_file_as_weights_is_one_sentence_naming_it(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
+    with pytest.raises(CvpipeError) as err:
+        build_model("resnet18", 2, weights=str(text))
+    msg = str(err.value)
+    assert str(text) in msg and "not a readable PyTorch file" in msg
+    assert "`weights`" in msg and "\n" not in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
 # 5. A malicious pickle as `weights`: refused without the "weights_only=False" advice.
+class _Payload:
+    """Unpickling this runs `os.system`: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_as_weights_is_refused_without_the_unsafe_advice(tmp_path):
+    marker, evil = tmp_path / "payload-ran", tmp_path / "evil.pt"
+    torch.save({"fc.weight": _Payload(marker)}, evil)
+    with pytest.raises(CvpipeError) as err:
+        build_model("resnet18", 2, weights=str(evil))
+    msg = str(err.value)
+    assert not marker.exists()
+    assert str(evil) in msg and "not a plain state dict or checkpoint" in msg
+    assert "will not unpickle it" in msg and "on a machine you trust" in msg
+    # PyTorch's own advice ("Re-running `torch.load` with `weights_only` set to `False` will
+    # likely succeed") is gone: weights_only=False appears only in the conversion recipe.
+    assert "Re-running" not in msg and "likely succeed" not in msg
+    assert msg.count("weights_only=False") == 1
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
 # 6. A truncated last.pt: set aside as last.pt.corrupt, training starts afresh.
+def _train(tiny_cache, out, epochs=1):
+    cfg = TrainConfig.from_dict(
+        {"model": "resnet18", "image_size": 32, "epochs": epochs, "batch_size": 8}
+    )
+    paths = (out / "model.pt", out / "history.csv", out / "provenance.json")
+    return train(cfg, tiny_cache / "cache", *paths, threads=2)
+
+
+def test_truncated_last_checkpoint_is_set_aside_and_training_starts_afresh(
+    tiny_cache, tmp_path, caplog
+):
+    _train(tiny_cache, tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # as a crash or a full disk mid-write would leave it
+    with caplog.at_level(logging.WARNING, logger="cvpipe.checkpoint"):
+        metrics = _train(tiny_cache, tmp_path)
+    corrupt = tmp_path / "checkpoints" / "last.pt.corrupt"
+    assert corrupt.read_bytes() == data[: len(data) // 2]
+    assert checkpoint.load(last)["epoch"] == 0 and metrics["epoch"] == 1  # fresh and complete
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(last) in warning and str(corrupt) in warning and "from scratch" in warning
+
+
 # 7. A garbage model.pt: evaluate names it and says to rerun training.
+@pytest.mark.parametrize("content", [b"\x00garbage" * 100, b""], ids=["garbage", "empty"])
+def test_garbage_model_file_is_named_with_the_rerun_command(tmp_path, content):
+    model = tmp_path / "train" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(content)
+    with pytest.raises(CvpipeError) as err:
+        load_model(model, torch.device("cpu"))
+    msg = str(err.value)
+    assert str(model) in msg and "snakemake --forcerun train" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_a_state_dict_as_model_file_is_named_with_the_rerun_command(tmp_path):
+    model = tmp_path / "model.pt"
+    checkpoint.save(model, build_model("resnet18", 2).state_dict())
+    with pytest.raises(CvpipeError, match=r"not a model file written by cvpipe train.*forcerun"):
+        load_model(model, torch.device("cpu"))
+
+
 # 8. A full disk: the file, the bytes needed and the free space.
+def test_full_disk_refuses_a_checkpoint_before_writing_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """A full disk is simulated by replacing `cvpipe.atomic.free_bytes` (the one place that
+    asks the filesystem): a small tmpfs needs a mount, which needs root (CAP_SYS_ADMIN) that CI
+    does not have, and no unprivileged size limit yields a real ENOSPC."""
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, {"model": {"w": torch.zeros(4)}})
+    old = path.read_bytes()
+    monkeypatch.setattr(atomic, "free_bytes", lambda _path: 123_456)
+    with pytest.raises(CvpipeError) as err:
+        checkpoint.save(path, build_model("resnet18", 2).state_dict())
+    msg = str(err.value)
+    assert str(path) in msg and "not enough disk space" in msg
+    assert "123,456 bytes" in msg and "MiB" in msg and "are free" in msg
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_full_disk_refuses_the_preprocess_cache_before_writing(tiny_cache, tmp_path, monkeypatch):
+    """Simulated as above: `free_bytes` reports 1 MiB; 48 images of 32 px need a little more."""
+    monkeypatch.setattr(atomic, "free_bytes", lambda _path: 2**20)
+    out = tmp_path / "cache"
+    with pytest.raises(CvpipeError, match="not enough disk space") as err:
+        preprocess(tiny_cache / "manifest.csv", tiny_cache / "data", out, size=32)
+    assert str(out) in str(err.value) and "1,048,576 bytes" in str(err.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_write_that_runs_out_of_room_is_the_same_sentence_and_keeps_the_old_file(tmp_path):
+    """A real failed write, with RLIMIT_FSIZE (settable without privileges, restored after):
+    it gives EFBIG/SIGXFSZ, not ENOSPC, but torch.save reports both as the same
+    "unexpected pos" RuntimeError, which is what cvpipe recognises; a true ENOSPC would need a
+    small filesystem, i.e. a mount (root). The limit is well above the old file's size."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"model": {"w": torch.zeros(4)}})
+    old = path.read_bytes()
+    big = {"model": {"w": torch.zeros(2**20)}}  # 4 MiB
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills pytest
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, hard))
+    try:
+        with pytest.raises(CvpipeError) as err:
+            checkpoint.save(path, big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    msg = str(err.value)
+    assert str(path) in msg and "needs about 5.0 MiB" in msg and "are free" in msg
+    assert "unexpected pos" not in msg
+    assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]  # no temp file left
 
 
 # --- Tracebacks where a sentence belongs: data tree and sizes --------------------------------

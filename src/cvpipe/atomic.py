@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +49,47 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes free on the filesystem that holds (or will hold) `path`: its nearest existing
+    folder is asked. Tests replace this function to simulate a full disk."""
+    folder = Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
+
+
+def no_space(path: str | os.PathLike[str], needed: int) -> str | None:
+    """The sentence saying that `path` (a file, or a folder of files) does not fit in the free
+    space, or None when it fits. Writers ask before writing a large file: a full disk found
+    mid-write surfaces as torch's "unexpected pos" or a memory map's SIGBUS, never as ENOSPC."""
+    free = free_bytes(path)
+    if needed <= free:
+        return None
+    return space_message(path, needed, free)
+
+
+def space_message(path: str | os.PathLike[str], needed: int, free: int | None = None) -> str:
+    """One sentence: `path`, the bytes it needs, the bytes free beside it and what to do."""
+    free = free_bytes(path) if free is None else free
+    return (
+        f"not enough disk space for {path}: it needs about {_size(needed)} and "
+        f"{_size(free)} are free there; free some space (or move results/ to a larger disk) "
+        "and rerun."
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space: ENOSPC or a quota, a file-size limit, or
+    torch.save's "unexpected pos" (its zip writer reports any short write so, errno lost)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(exc, RuntimeError) and "unexpected pos" in str(exc)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -11,8 +11,10 @@ stored, so every file loads with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvpipe import atomic, distributed
+from cvpipe import atomic, distributed, torchfile
 from cvpipe.distributed import DistEnv
+from cvpipe.errors import CvpipeError
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +71,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][: torch.cuda.device_count()]])
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what dominates the size of its file)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    with atomic.atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact. A file
+    that will not fit in the free space is refused before writing, and a disk that fills up
+    while writing is reported the same way (file, bytes needed, bytes free)."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    needed = _tensor_bytes(state) + 2**20  # the pickled rest and the zip records: well under 1 MiB
+    short = atomic.no_space(path, needed)
+    if short:
+        raise CvpipeError(short)
+    try:
+        with atomic.atomic_path(path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:
+        if not atomic.is_disk_full(exc):
+            raise
+        # atomic_path has removed the partial file by now, so the free space is the real one.
+        raise CvpipeError(atomic.space_message(path, needed)) from None
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or model file safely (`weights_only=True`)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    fix: str = "rerun the stage that wrote it, or delete it",
+) -> dict[str, Any]:
+    """Load a checkpoint or model file safely (`weights_only=True`); a file that cannot be read
+    is a `CvpipeError` naming it and ending in `fix` (what to do)."""
+    return torchfile.load(path, map_location, fix)
 
 
 @dataclass
@@ -147,14 +179,33 @@ def restore(parts: Resumable, state: dict, env: DistEnv) -> None:
     parts.aug_generator.set_state(mine["augment"].cpu())
 
 
-def try_resume(path: Path, identity: dict, epochs: int) -> dict | None:
-    """The `training_state` in `path`, or None where there is none or it was made with another
-    identity (logged: training then starts from scratch). `epochs` is only for the log line."""
+def _load_or_set_aside(path: Path) -> dict | None:
+    """`last.pt`'s content; None where there is none, or where it cannot be read (truncated by a
+    crash or a full disk, say): then it is moved to `last.pt.corrupt` and logged, so a rerun
+    starts afresh instead of failing on the same file forever."""
     if not path.exists():
         return None
-    # Always to the CPU: RNG states are restored through NumPy and CPU generators, and `restore`
-    # moves the rest to the device (a CUDA-mapped load failed on every GPU).
-    state = load(path, map_location="cpu")
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        # Always to the CPU: RNG states are restored through NumPy and CPU generators, and
+        # `restore` moves the rest to the device (a CUDA-mapped load failed on every GPU).
+        return load(path, "cpu", fix=f"it is moved to {aside} and training starts from scratch")
+    except FileNotFoundError:  # another rank set it aside first
+        return None
+    except CvpipeError as exc:
+        with contextlib.suppress(FileNotFoundError):  # every rank tries; the first one moves it
+            os.replace(path, aside)
+        log.warning("not resuming: %s", exc)
+        return None
+
+
+def try_resume(path: Path, identity: dict, epochs: int) -> dict | None:
+    """The `training_state` in `path`, or None where there is none, it cannot be read (set aside
+    as `<name>.corrupt`) or it was made with another identity (logged: training then starts
+    from scratch). `epochs` is only for the log line."""
+    state = _load_or_set_aside(path)
+    if state is None:
+        return None
     saved = state.get("identity") or {}
     was, now = saved.get("runtime"), identity["runtime"]
     if was and was != now and {**saved, "runtime": now} == identity:

@@ -34,10 +34,13 @@ from cvpipe.models import build_model
 
 def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Rebuild the network stored by the train stage; returns (model in eval mode, model file)."""
+    rerun = "rerun training with `snakemake --forcerun train` (or delete it)"
     try:
-        saved = checkpoint.load(model_path, map_location="cpu")
+        saved = checkpoint.load(model_path, map_location="cpu", fix=rerun)
     except FileNotFoundError:
         raise CvpipeError(f"{model_path} is missing: run the train stage first.") from None
+    if not isinstance(saved, dict) or not {"model_name", "classes", "model"} <= saved.keys():
+        raise CvpipeError(f"{model_path} is not a model file written by cvpipe train; {rerun}.")
     model = build_model(saved["model_name"], len(saved["classes"]))
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), saved

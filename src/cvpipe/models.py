@@ -24,6 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
+from cvpipe import torchfile
 from cvpipe.errors import CvpipeError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ def _load_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"weights {str(path)!r} is neither `none`, a torchvision weights name, nor an "
             "existing file."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torchfile.load(
+        path, "cpu", "give `weights` a state dict or cvpipe model file saved with torch.save"
+    )
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a cvpipe checkpoint or model file
     if not isinstance(state, dict):

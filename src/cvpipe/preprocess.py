@@ -81,6 +81,15 @@ def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[list[float], li
     return mean.tolist(), std.tolist()
 
 
+def _check_space(out: Path, n_images: int, size: int) -> None:
+    """Refuse before writing a cache that cannot fit: a full disk under a memory map is a SIGBUS
+    that kills the job without a word, not an error. Old cache files stay until replaced, so
+    the whole new cache must fit beside them."""
+    short = atomic.no_space(out, n_images * (size * size * 3 + 8) + 2**20)
+    if short:
+        raise CvpipeError(short)
+
+
 def preprocess(
     manifest_path: str | Path,
     data_root: str | Path,
@@ -94,6 +103,7 @@ def preprocess(
         raise CvpipeError(f"preprocess.resize must be one of {RESIZE_MODES}, not {mode!r}")
     root, out = Path(data_root), Path(out_dir)
     rows = read_manifest(manifest_path)
+    _check_space(out, sum(len(split_rows(rows, s)) for s in SPLITS), size)
     cv2.setNumThreads(1)  # parallelism comes from the thread pool below, one image per thread
     counts = {}
     with ThreadPoolExecutor(max(1, threads)) as pool:
