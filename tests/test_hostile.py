@@ -6,6 +6,15 @@ The sections follow the issue's list; the next case is one more function in its 
 
 from __future__ import annotations
 
+import json
+import re
+
+from helpers import REPO, snakemake
+
+from cvpipe.config import coerce_strings
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
 # --- Silent wrong results --------------------------------------------------------------------
 # 1. The same image twice in a class: every copy in one split, listed in duplicates.csv.
 # 2. The same bytes in two classes: the index stops, naming both paths.
@@ -28,6 +37,26 @@ from __future__ import annotations
 # --- Surprises -------------------------------------------------------------------------------
 # 11. A GIF: its first frame, or "unsupported format".
 # 12. Numbers in --config: string numbers and booleans coerced where the schema wants them.
+def test_config_strings_become_the_numbers_and_booleans_the_schema_wants():
+    given = {
+        "train": {"epochs": "5", "lr": "1e-3", "compile": "true", "model": "1", "amp": "off"},
+        "experiments": {"x": {"image_size": "48", "seed": "many", "augment": {"hflip": "False"}}},
+    }
+    assert coerce_strings(given, SCHEMA) == {
+        "train": {"epochs": 5, "lr": 0.001, "compile": True, "model": "1", "amp": "off"},
+        "experiments": {"x": {"image_size": 48, "seed": "many", "augment": {"hflip": False}}},
+    }
+
+
+def test_a_nested_number_in_snakemake_config_reaches_the_train_job(tmp_path):
+    target = "results/resnet18/train/model.pt"
+    override = 'train={"epochs": 5, "channels_last": "false"}'
+    out = snakemake(tmp_path, "-n", "-p", target, "--config", override).stdout
+    settings = json.loads(re.search(r"train --config '(\{.*?\})'", out).group(1))
+    assert settings["epochs"] == 5 and settings["channels_last"] is False
+    assert settings["image_size"] == 32  # the rest of tiny.yaml's train stays
+
+
 # 13. amp fp16/bf16 on a CPU: no scheduler warning; one log line that it is slow.
 # 14. Non-Latin class names in figures.
 # 15. An unknown model and split ratios not summing to 1: caught when the config loads.

@@ -28,11 +28,15 @@ CODE_CACHE = "results/.cache/code-fingerprint.json"  # per file state, like the 
 sys.path.insert(0, SRC)
 
 from cvpipe import jobenv, stagecode
-from cvpipe.config import config_errors, experiment_config
+from cvpipe.config import coerce_strings, config_errors, experiment_config
 from cvpipe.datatree import tree_fingerprint
 from cvpipe.launch import evaluate_launcher, train_launcher
 
-_problems = config_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+# `--config 'train={"epochs": 5}'` passes nested values as strings: parsed where the schema
+# wants a number or a boolean (the same dict, which every rule file reads).
+config.update(coerce_strings(config, SCHEMA))
+_problems = config_errors(config, SCHEMA)
 if _problems:
     raise WorkflowError("Invalid config:\n  " + "\n  ".join(_problems))
 validate(config, "../schemas/config.schema.yaml")
