@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 
-from helpers import REPO, snakemake
+from helpers import CONFIGS, REPO, snakemake
 
-from cvpipe.config import coerce_strings
+from cvpipe.config import coerce_strings, split_errors
+from cvpipe.modelnames import model_errors
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -60,3 +61,30 @@ def test_a_nested_number_in_snakemake_config_reaches_the_train_job(tmp_path):
 # 13. amp fp16/bf16 on a CPU: no scheduler warning; one log line that it is slow.
 # 14. Non-Latin class names in figures.
 # 15. An unknown model and split ratios not summing to 1: caught when the config loads.
+def test_an_unknown_model_is_named_with_its_experiments_and_close_names():
+    config = {"train": {"model": "resnt18"}, "experiments": {"a": {}, "b": {"model": "resnet50"}}}
+    assert model_errors(config) == [
+        "train.model: 'resnt18' (experiment 'a') is not a torchvision classification model "
+        "(did you mean 'resnet18', 'resnet152', 'resnet101'?): use a name from "
+        "torchvision.models.list_models()."
+    ]
+    config["train"]["model"] = "vit_b_16"  # untested but torchvision's
+    assert model_errors(config) == []
+
+
+def test_split_shares_must_add_up_to_one():
+    assert split_errors({"data": {"split": {"train": 0.7, "val": 0.15, "test": 0.15}}}) == []
+    assert split_errors({"data": {"split": {"train": 0.9, "val": 0.15, "test": 0.15}}}) == [
+        "data.split: train 0.9 + val 0.15 + test 0.15 = 1.2, but every image goes to exactly one "
+        "split: change the shares so that they add up to 1."
+    ]
+
+
+def test_dry_run_stops_on_a_bad_model_and_split_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  split: {train: 0.8}\nexperiments:\n  big: {model: resnet5O}\n")
+    proc = snakemake(tmp_path, "-n", configfiles=[*CONFIGS, bad], check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "data.split: train 0.8 + val 0.25 + test 0.25 = 1.3" in output
+    assert "experiments.big.model: 'resnet5O' (experiment 'big')" in output

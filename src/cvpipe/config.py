@@ -157,6 +157,20 @@ def with_defaults(config: dict[str, Any], schema_path: str | Path) -> dict[str, 
     return filled
 
 
+def split_errors(config: dict[str, Any]) -> list[str]:
+    """`data.split`'s shares must add up to 1 (as the index checks, cvpipe.index); run on the
+    config with its defaults filled, since a share left out takes its default."""
+    split = config["data"]["split"]
+    total = sum(split.values())
+    if math.isclose(total, 1.0, abs_tol=1e-6):
+        return []
+    terms = " + ".join(f"{name} {share:g}" for name, share in split.items())
+    return [
+        f"data.split: {terms} = {total:.4g}, but every image goes to exactly one split: change "
+        "the shares so that they add up to 1."
+    ]
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """A copy of `base` with `override` applied; nested dicts merge key by key."""
     merged = copy.deepcopy(base)
