@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
+import pytest
 from helpers import CONFIGS, REPO, snakemake
 
-from cvpipe.config import coerce_strings, split_errors
+from cvpipe.config import coerce_strings, config_errors, split_errors
+from cvpipe.errors import CvpipeError
 from cvpipe.modelnames import model_errors
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -33,6 +36,27 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # --- Tracebacks where a sentence belongs: data tree and sizes --------------------------------
 # 9. A symlink loop or a dangling symlink in a class folder: a bad file, in both modes.
 # 10. image_size too large: the schema's maximum; the cache size checked against free disk.
+def test_a_huge_image_size_stops_at_the_schema():
+    config = {"container": "x", "train": {"image_size": 100000}, "experiments": {"a": {}}}
+    assert config_errors(config, SCHEMA) == [
+        "train.image_size: 100000 is greater than the maximum of 4096"
+    ]
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused_before_it_is_opened(tiny_cache, tmp_path):
+    from cvpipe.preprocess import preprocess
+
+    out = tmp_path / "cache" / "4096px"
+    free = shutil.disk_usage(tmp_path).free
+    size = 4096
+    while 48 * size * size * 3 <= free:  # the tiny set's 48 images; a size this disk lacks
+        size *= 2
+    with pytest.raises(CvpipeError) as caught:
+        preprocess(tiny_cache / "manifest.csv", tiny_cache / "data", out, size=size)
+    message = str(caught.value)
+    assert f"needs {48 * size * size * 3:,} bytes" in message and str(out) in message
+    assert f"{tmp_path} has " in message and "lower train.image_size" in message
+    assert not out.exists()
 
 
 # --- Surprises -------------------------------------------------------------------------------

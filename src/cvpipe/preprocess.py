@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,6 +82,25 @@ def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[list[float], li
     return mean.tolist(), std.tolist()
 
 
+def check_cache_space(out: Path, images: int, size: int) -> None:
+    """Refuse a cache the disk cannot hold, before allocating it.
+
+    The caches are memory maps, sparse until written: a size too large for the disk would be
+    opened anyway and fail deep inside OpenCV or numpy, part-way through.
+    """
+    needed = images * size * size * 3  # uint8 RGB; the labels are a rounding error
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise CvpipeError(
+            f"the {size}px cache of {images} images needs {needed:,} bytes "
+            f"({needed / 2**30:,.1f} GiB) in {out}, but {folder} has {free:,} bytes "
+            f"({free / 2**30:,.1f} GiB) free: lower train.image_size or free space there."
+        )
+
+
 def preprocess(
     manifest_path: str | Path,
     data_root: str | Path,
@@ -94,6 +114,7 @@ def preprocess(
         raise CvpipeError(f"preprocess.resize must be one of {RESIZE_MODES}, not {mode!r}")
     root, out = Path(data_root), Path(out_dir)
     rows = read_manifest(manifest_path)
+    check_cache_space(out, len(rows), size)
     cv2.setNumThreads(1)  # parallelism comes from the thread pool below, one image per thread
     counts = {}
     with ThreadPoolExecutor(max(1, threads)) as pool:
