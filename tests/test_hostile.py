@@ -7,6 +7,7 @@ The sections follow the issue's list; the next case is one more function in its 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 
@@ -83,6 +84,27 @@ def test_a_nested_number_in_snakemake_config_reaches_the_train_job(tmp_path):
 
 
 # 13. amp fp16/bf16 on a CPU: no scheduler warning; one log line that it is slow.
+def test_fp16_on_a_cpu_steps_the_schedule_only_with_the_optimizer(tiny_cache, caplog, recwarn):
+    from train_steps import build, fit_steps
+
+    with caplog.at_level(logging.WARNING, logger="cvpipe"):
+        parts, env = build(tiny_cache / "cache", "cpu", amp="fp16")
+    assert caplog.text.count("amp fp16 on a CPU runs slower than float32") == 1
+    steps = fit_steps(parts, env, 4)
+    assert not steps[0].weights_changed  # 2**16 overflows here: the first step is skipped
+    assert parts.scheduler.last_epoch == sum(s.weights_changed for s in steps)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_amp_off_steps_the_schedule_every_step_and_says_nothing(tiny_cache, caplog):
+    from train_steps import build, fit_steps
+
+    with caplog.at_level(logging.WARNING, logger="cvpipe"):
+        parts, env = build(tiny_cache / "cache", "cpu", amp="off")
+    fit_steps(parts, env, 2)
+    assert parts.scheduler.last_epoch == 2 and "slower" not in caplog.text
+
+
 # 14. Non-Latin class names in figures.
 # 15. An unknown model and split ratios not summing to 1: caught when the config loads.
 def test_an_unknown_model_is_named_with_its_experiments_and_close_names():
