@@ -106,6 +106,21 @@ def test_amp_off_steps_the_schedule_every_step_and_says_nothing(tiny_cache, capl
 
 
 # 14. Non-Latin class names in figures.
+def test_class_names_no_font_can_draw_are_numbered_with_one_warning(caplog):
+    from matplotlib import font_manager
+
+    from cvpipe.figures import class_labels
+
+    assert class_labels(["ok", "dent"]) == ["ok", "dent"]
+    if any("Noto Sans CJK" in f.name for f in font_manager.fontManager.ttflist):
+        assert class_labels(["ok", "傷"]) == ["ok", "傷"]  # drawn with the CJK font
+        return
+    with caplog.at_level(logging.WARNING, logger="cvpipe"):
+        assert class_labels(["ok", "傷"]) == ["0", "1"]
+        assert class_labels(["ok", "傷"]) == ["0", "1"]
+    assert caplog.text.count("number the classes (0 = ok, 1 = 傷)") == 1
+
+
 # 15. An unknown model and split ratios not summing to 1: caught when the config loads.
 def test_an_unknown_model_is_named_with_its_experiments_and_close_names():
     config = {"train": {"model": "resnt18"}, "experiments": {"a": {}, "b": {"model": "resnet50"}}}
