@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,74 @@ def config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     return lines
 
 
+def _schemas_at(node: Any, root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """`node` and every schema it pulls in through `$ref` and `allOf` (local refs only)."""
+    if not isinstance(node, Mapping):
+        return []
+    found = [node]
+    ref = node.get("$ref", "")
+    if ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        found += _schemas_at(target, root)
+    for part in node.get("allOf", []):
+        found += _schemas_at(part, root)
+    return found
+
+
+def _parse_scalar(text: str, types: set[str]) -> Any:
+    """`text` as the boolean or number the schema wants, or `text` itself if it is not one."""
+    word = text.strip()
+    if "boolean" in types and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if re.fullmatch(r"[+-]?\d+", word) and types & {"integer", "number"}:
+        return int(word)
+    if "number" in types:
+        try:
+            number = float(word)
+        except ValueError:
+            return text
+        return number if math.isfinite(number) else text
+    return text
+
+
+def _coerce(value: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    schemas = _schemas_at(node, root)
+    if isinstance(value, str):
+        types: set[str] = set()
+        for sub in schemas:
+            kind = sub.get("type", [])
+            types.update([kind] if isinstance(kind, str) else kind)
+        return value if "string" in types else _parse_scalar(value, types)
+    if not isinstance(value, dict):
+        return value
+    coerced = {}
+    for key, item in value.items():
+        subs = [s["properties"][key] for s in schemas if key in s.get("properties", {})]
+        if not subs:  # a name of the user's choosing (an experiment)
+            subs = [s["additionalProperties"] for s in schemas if "additionalProperties" in s]
+        subs = [s for s in subs if isinstance(s, Mapping)]
+        coerced[key] = _coerce(item, {"allOf": subs}, root) if subs else item
+    return coerced
+
+
+def coerce_strings(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """A copy of `config` with each string where the schema wants a number or a boolean parsed.
+
+    `snakemake --config 'train={"epochs": 5}'` reads nested values as YAML's base strings
+    (snakemake.cli.parse_config: BaseLoader), so `epochs` arrives as "5". A string that is no
+    such value stays as it is, for `config_errors` to name.
+    """
+    schema = load_schema(schema_path)
+    return _coerce(config, schema, schema)
+
+
+def load_schema(schema_path: str | Path) -> dict[str, Any]:
+    """The workflow's config schema."""
+    return yaml.safe_load(Path(schema_path).read_text())
+
+
 def with_defaults(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """A copy of `config` with every key it leaves out set to the schema's `default`.
 
@@ -85,6 +155,20 @@ def with_defaults(config: dict[str, Any], schema_path: str | Path) -> dict[str, 
     for _ in filler.iter_errors(filled):  # errors are config_errors' to report
         pass
     return filled
+
+
+def split_errors(config: dict[str, Any]) -> list[str]:
+    """`data.split`'s shares must add up to 1 (as the index checks, cvpipe.index); run on the
+    config with its defaults filled, since a share left out takes its default."""
+    split = config["data"]["split"]
+    total = sum(split.values())
+    if math.isclose(total, 1.0, abs_tol=1e-6):
+        return []
+    terms = " + ".join(f"{name} {share:g}" for name, share in split.items())
+    return [
+        f"data.split: {terms} = {total:.4g}, but every image goes to exactly one split: change "
+        "the shares so that they add up to 1."
+    ]
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """One epoch of training: the steps over the training batches, and validation of a split.
 
 `train_one_epoch` is the step loop (autocast forward, GradScaler backward, optimizer and
-per-step LR schedule), summing loss and accuracy on the device and over DDP ranks;
-`evaluate_split` computes loss, accuracy and macro-F1 (`cvpipe.metrics`) the same way. Both take
-the run's `Parts` (`cvpipe.parts`). `epoch_seed` is what makes every epoch's random draws
-replayable, so that a resumed run continues exactly (`cvpipe.checkpoint`).
+per-step LR schedule, which waits out a step the GradScaler skipped), summing loss and accuracy
+on the device and over DDP ranks; `evaluate_split` computes loss, accuracy and macro-F1
+(`cvpipe.metrics`) the same way. Both take the run's `Parts` (`cvpipe.parts`). `epoch_seed` is
+what makes every epoch's random draws replayable, so that a resumed run continues exactly
+(`cvpipe.checkpoint`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def train_one_epoch(
     start = [progress.loss_sum, progress.correct, progress.count] if env.is_main else [0.0] * 3
     sums = torch.tensor(start, dtype=torch.float64, device=env.device)
     stopped = False
+    scale = scaler.get_scale()
     for images, labels in batches:
         images = images.to(env.device, non_blocking=True)
         labels = labels.to(env.device, non_blocking=True)
@@ -57,7 +59,12 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        parts.scheduler.step()
+        # A lower scale means the GradScaler found inf/NaN gradients and skipped the optimizer
+        # step: the schedule waits too (else PyTorch warns of an LR step before any optimizer
+        # step). Disabled, the scale is always 1.0, so the schedule steps every time.
+        scale, last_scale = scaler.get_scale(), scale  # a GPU sync with fp16 only
+        if scale >= last_scale:
+            parts.scheduler.step()
         sums[0] += loss.detach().double() * labels.numel()
         sums[1] += (logits.argmax(1) == labels).sum()
         sums[2] += labels.numel()

@@ -26,24 +26,9 @@ from torch import nn
 
 from cvpipe import torchfile
 from cvpipe.errors import CvpipeError
+from cvpipe.modelnames import TESTED_MODELS, classification_models
 
 log = logging.getLogger(__name__)
-
-# The models the test suite builds; any other torchvision classification model name also works.
-TESTED_MODELS = (
-    "resnet18",
-    "resnet50",
-    "efficientnet_b0",
-    "efficientnet_b3",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "convnext_tiny",
-)
-
-
-def classification_models() -> list[str]:
-    """Names of torchvision's image classification models."""
-    return torchvision.models.list_models(module=torchvision.models)
 
 
 def _head(model: nn.Module) -> tuple[str, nn.Linear]:

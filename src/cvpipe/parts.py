@@ -124,6 +124,12 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
     optimizer, scheduler = _optimization(cfg, model, len(train_loader), device)
     dtype = runtime.amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if dtype is not None and device.type == "cpu":
+        log.warning(
+            "amp %s on a CPU runs slower than float32 (few CPUs have fast half-precision "
+            "kernels): set amp to auto or off for a CPU experiment.",
+            cfg.amp,
+        )
     mean, std = _normalization(cfg, stats)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     policy = AugmentPolicy(**cfg.augment)

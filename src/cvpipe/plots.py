@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvpipe.figures import plt, read_csv, save_figure
+from cvpipe.figures import class_labels, plt, read_csv, save_figure
 from cvpipe.index import read_manifest
 from cvpipe.preprocess import load_resized
 
@@ -58,8 +58,9 @@ def plot_confusion(metrics: dict, title: str) -> plt.Figure:
                 color=colour,
                 fontsize=8,
             )
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    labels = class_labels(classes)
+    ax.set_xticks(range(len(classes)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), labels)
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
@@ -93,12 +94,15 @@ def plot_samples(
     fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.25 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    classes = [k.removeprefix("p_") for k in predictions[0] if k.startswith("p_")]
+    label = dict(zip(classes, class_labels(classes), strict=True))
     for ax, i in zip(axes.flat, chosen, strict=False):
         r = predictions[i]
         ok = r["true"] == r["predicted"]
         ax.imshow(load_image(r["path"]))
         ax.set_title(
-            f"true {r['true']}\npred {r['predicted']} {float(r['p_' + r['predicted']]):.2f}",
+            f"true {label[r['true']]}\n"
+            f"pred {label[r['predicted']]} {float(r['p_' + r['predicted']]):.2f}",
             fontsize=7,
             color="tab:green" if ok else "tab:red",
         )
@@ -115,7 +119,7 @@ def plot_per_class(metrics: dict, title: str) -> plt.Figure:
         values = [metrics["per_class"][c][key] for c in classes]
         bars = ax.bar(x + (k - 1) * 0.27, values, 0.27, label=key)
         ax.bar_label(bars, fmt="%.2f", fontsize=6)
-    ax.set_xticks(x, classes)
+    ax.set_xticks(x, class_labels(classes))
     ax.set(ylim=(0, 1.1), ylabel="score", title=f"{title}: per-class test scores")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,7 +88,10 @@ def _check_space(out: Path, n_images: int, size: int) -> None:
     the whole new cache must fit beside them."""
     short = atomic.no_space(out, n_images * (size * size * 3 + 8) + 2**20)
     if short:
-        raise CvpipeError(short)
+        raise CvpipeError(
+            f"{short} (the {size}px cache of {n_images} images; lower train.image_size for a "
+            "smaller one)"
+        )
 
 
 def preprocess(

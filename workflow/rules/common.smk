@@ -28,14 +28,26 @@ CODE_CACHE = "results/.cache/code-fingerprint.json"  # per file state, like the 
 sys.path.insert(0, SRC)
 
 from cvpipe import jobenv, stagecode
-from cvpipe.config import config_errors, experiment_config
+from cvpipe.config import coerce_strings, config_errors, experiment_config, split_errors
 from cvpipe.datatree import tree_fingerprint
+from cvpipe.modelnames import model_errors
 from cvpipe.launch import evaluate_launcher, train_launcher
 
-_problems = config_errors(config, workflow.source_path("../schemas/config.schema.yaml"))
-if _problems:
-    raise WorkflowError("Invalid config:\n  " + "\n  ".join(_problems))
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+# `--config 'train={"epochs": 5}'` passes nested values as strings: parsed where the schema
+# wants a number or a boolean (the same dict, which every rule file reads).
+config.update(coerce_strings(config, SCHEMA))
+
+
+def stop_if(problems):
+    if problems:
+        raise WorkflowError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+stop_if(config_errors(config, SCHEMA))
 validate(config, "../schemas/config.schema.yaml")
+# What the schema cannot say, on the config with its defaults filled: caught here, not in a job.
+stop_if(split_errors(config) + model_errors(config))
 
 # The built-in data set is drawn by the synth rule only while data.root points here.
 BUILTIN_DATA = "data/surface-defects"
