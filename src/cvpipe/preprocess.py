@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
