@@ -309,6 +309,20 @@ def test_a_cache_larger_than_the_free_disk_is_refused_before_it_is_opened(tiny_c
 
 # --- Surprises -------------------------------------------------------------------------------
 # 11. A GIF: its first frame, or "unsupported format".
+def test_a_gif_is_read_as_its_first_frame_and_other_formats_are_named_unsupported(tmp_path):
+    from PIL import Image
+
+    from cvpipe.decode import BadImage, decode_rgb8
+
+    frames = [np.full((10, 12, 3), value, np.uint8) for value in (200, 30)]
+    gif = tmp_path / "a.gif"
+    Image.fromarray(frames[0]).save(gif, save_all=True, append_images=[Image.fromarray(frames[1])])
+    image = decode_rgb8(gif.read_bytes())
+    assert image.shape == (10, 12, 3) and abs(int(image.mean()) - 200) <= 2  # the first frame
+    with pytest.raises(BadImage, match=r"unsupported format \(cvpipe reads PNG, JPEG, .*GIF"):
+        decode_rgb8(b"P6\n2 2\n255\n" + bytes(12))  # a PPM: OpenCV could, cvpipe does not
+
+
 # 12. Numbers in --config: string numbers and booleans coerced where the schema wants them.
 def test_config_strings_become_the_numbers_and_booleans_the_schema_wants():
     given = {

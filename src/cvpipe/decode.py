@@ -37,7 +37,11 @@ _MAGIC = {
     b"BM": "bmp",
     b"II*\x00": "tiff",
     b"MM\x00*": "tiff",
+    b"GIF87a": "gif",  # OpenCV reads the first frame
+    b"GIF89a": "gif",
 }
+# What `sniff_format` recognises, for the message about any other file.
+FORMATS = "PNG, JPEG, BMP, TIFF, WebP or GIF (its first frame)"
 
 
 class BadImage(Exception):
@@ -105,7 +109,7 @@ def decode(data: bytes) -> np.ndarray:
         raise BadImage("empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise BadImage("not an image (unrecognised file format)")
+        raise BadImage(f"not an image, or an unsupported format (cvpipe reads {FORMATS})")
     _check_complete(data, fmt)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
