@@ -318,6 +318,7 @@ def _write_model(run: _Run, stats: dict) -> None:
             "model_name": cfg.model,
             "classes": stats["classes"],
             "image_size": cfg.image_size,
+            "resize": stats["resize"],
             "mean": run.parts.mean,
             "std": run.parts.std,
             "epoch": _best(run)["epoch"],
