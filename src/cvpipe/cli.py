@@ -152,6 +152,42 @@ def run_evaluate(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_predict(p: argparse.ArgumentParser) -> None:
+    """Predict classes of new images with a trained model or a torchvision model."""
+    from cvpipe.settings import Device, OnBadImage
+
+    p.description = (
+        "Class probabilities for image files, folders (recursive) and @list.txt files, as CSV: "
+        "path, predicted, top_k, p_<class>..."
+    )
+    p.add_argument(
+        "--model", required=True,
+        help="a cvpipe model.pt, a .onnx export (with its model.json) or a torchvision model name",
+    )  # fmt: skip
+    p.add_argument(
+        "--weights",
+        help="for a torchvision name: DEFAULT (default), a weights name or a state-dict file",
+    )
+    p.add_argument("--out", help="CSV to write (default: standard output)")
+    p.add_argument("--top-k", type=int, help="classes in the top_k column (default 5)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=typing.get_args(Device))
+    p.add_argument("--on-bad-file", default="fail", choices=typing.get_args(OnBadImage))
+    p.add_argument("--bad-out", help="CSV listing the skipped files (path, reason)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or @list.txt")
+
+
+def run_predict(a: argparse.Namespace) -> None:
+    from cvpipe.predict import predict
+
+    predict(
+        model=a.model, inputs=a.inputs, out=a.out, weights=a.weights, top_k=a.top_k,
+        batch_size=a.batch_size, device=a.device, on_bad_file=a.on_bad_file,
+        bad_out=a.bad_out, threads=a.threads,
+    )  # fmt: skip
+
+
 def add_plots(p: argparse.ArgumentParser) -> None:
     """Figures of one experiment."""
     from cvpipe.settings import Resize
@@ -367,9 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for add, run in (
         (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
-        (add_train, run_train), (add_evaluate, run_evaluate), (add_plots, run_plots),
-        (add_compare, run_compare), (add_config, run_config), (add_code, run_code),
-        (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
+        (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
+        (add_plots, run_plots), (add_compare, run_compare), (add_config, run_config),
+        (add_code, run_code), (add_gpus, run_gpus),
+        (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
         # The subcommand's name and one-line help come from its `add_` function.
         help_text = (add.__doc__ or "").splitlines()[0].rstrip(".")
