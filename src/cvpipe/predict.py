@@ -171,6 +171,8 @@ def load_predictor(model: str, weights: str | None, device: torch.device) -> Pre
         return _cvpipe_predictor(path, device)
     from cvpipe.modelnames import classification_models
 
+    if path.suffix in (".pt", ".pth") or "/" in model:
+        raise CvpipeError(f"--model {model} is missing (no such file)")
     if model not in classification_models():
         raise CvpipeError(
             f"--model {model!r} is neither a model file (cvpipe model.pt or .onnx) nor a "
@@ -184,9 +186,16 @@ def _visible(name: str) -> bool:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """Every non-hidden file below `folder`, at any depth, sorted by path."""
+    """Every non-hidden file below `folder`, at any depth, sorted by path. Folder links are
+    followed, as the index does; a folder reached a second time (a link loop) is not read again."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already read
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = [d for d in dirnames if _visible(d)]
         found += [Path(dirpath) / name for name in filenames if _visible(name)]
     return sorted(found)

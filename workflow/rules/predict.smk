@@ -1,7 +1,6 @@
 # Optional stage: every experiment's model predicts the images of `predict.images` (off while it
 # is null). The folder is ancient(): a new mtime alone does not rerun prediction; its content
-# fingerprint (a param) does, as for the index's data. Like evaluate, a GPU experiment's job
-# locks one GPU id of its own and a CPU experiment's runs with --device cpu.
+# fingerprint (a param) does, as for the index's data.
 import hashlib
 
 from cvpipe.datatree import sha256_file
@@ -12,6 +11,12 @@ if PREDICT_IMAGES and not os.path.isdir(PREDICT_IMAGES):
         f"predict.images {PREDICT_IMAGES!r} is not a folder (relative paths start at "
         f"{os.getcwd()}). Point it at a folder of images, or set it to null."
     )
+# How a job starts, by the experiment's GPUs (0 or 1 for inference), as cvpipe.launch starts
+# evaluate: one locked GPU id of its own, or the CPU without touching CUDA.
+PREDICT_LAUNCH = [
+    "python -m cvpipe predict --device cpu",
+    "python -m cvpipe gpus --count 1 -- python -m cvpipe predict --device cuda",
+]
 # What rule all asks of this stage: nothing while predict.images is null.
 PREDICT_OUTPUTS = (
     expand("results/{experiment}/predict/predictions.csv", experiment=EXPERIMENTS)
@@ -48,11 +53,7 @@ rule predict:
     log:
         "results/logs/predict/{experiment}.log",
     params:
-        launch=lambda wildcards: (
-            "python -m cvpipe gpus --count 1 -- python -m cvpipe predict --device cuda"
-            if evaluate_gpus(wildcards)
-            else "python -m cvpipe predict --device cpu"
-        ),
+        launch=lambda wildcards: PREDICT_LAUNCH[evaluate_gpus(wildcards)],
         fingerprint=PREDICT_FINGERPRINT,
         on_bad_file=config["predict"]["on_bad_file"],
         top_k=config["predict"]["top_k"],
