@@ -46,7 +46,9 @@ def letterbox_run(tmp_path_factory) -> Path:
     )
     train(cfg, work / "cache", work / "model.pt", work / "history.csv", threads=2)
     outputs = [work / name for name in ("metrics.json", "predictions.csv", "timing.json")]
-    evaluate(work / "model.pt", work / "cache", work / "manifest.csv", *outputs, threads=2)
+    with pytest.MonkeyPatch.context() as patch:  # no repeat passes to time (seconds, unused)
+        patch.setattr("cvpipe.evaluate.MIN_TIMED_IMAGES", 0)
+        evaluate(work / "model.pt", work / "cache", work / "manifest.csv", *outputs, threads=2)
     return work
 
 
@@ -78,6 +80,7 @@ def assert_matches_evaluate(model: Path, data_root: Path, results: Path, tmp_pat
             assert float(got[f"p_{c}"]) == pytest.approx(float(want[f"p_{c}"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_crop_model_predicts_what_evaluate_reported(tiny_run, tmp_path):
     results = tiny_run / "results"
     model = results / "resnet18" / "train" / "model.pt"
@@ -221,6 +224,7 @@ def test_runs_without_snakemake_installed(letterbox_run, image, tmp_path):
     assert [r["path"] for r in read_csv(out)] == [str(image)]
 
 
+@pytest.mark.slow
 def test_workflow_stage_is_off_by_default_and_follows_image_content(tiny_run_copy, tmp_path):
     work = tiny_run_copy
     assert "predict" not in planned_jobs(work, "--forceall")

@@ -76,7 +76,7 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
             "retrain it with `snakemake --forcerun train`."
         )
     size, mode = saved["image_size"], saved["resize"]
-    temperature = float(saved.get("temperature", 1.0))
+    temperature = float(saved.get("temperature") or 1.0)  # absent: an uncalibrated model
     mean = torch.tensor(saved["mean"], device=device)
     std = torch.tensor(saved["std"], device=device)
     channels_last = saved["config"].get("channels_last", False)
@@ -110,7 +110,7 @@ def _onnx_predictor(model_path: Path) -> Predictor:
         ) from None
     run, meta = load_onnx(model_path)
     size, mode = meta["image_size"], meta["resize"]
-    temperature = float(meta.get("temperature", 1.0))
+    temperature = float(meta.get("temperature") or 1.0)
     mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1)
 
