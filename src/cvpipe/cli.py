@@ -153,7 +153,7 @@ def run_evaluate(a: argparse.Namespace) -> None:
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
-    """Predict classes of new images with a trained model or a torchvision model."""
+    """Class probabilities of new images, from a trained or a torchvision model."""
     from cvpipe.settings import Device, OnBadImage
 
     p.description = (
@@ -170,9 +170,12 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="CSV to write (default: standard output)")
     p.add_argument("--top-k", type=int, help="classes in the top_k column (default 5)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
     p.add_argument("--device", default="auto", choices=typing.get_args(Device))
-    p.add_argument("--on-bad-file", default="fail", choices=typing.get_args(OnBadImage))
+    p.add_argument(
+        "--on-bad-file", default="fail", choices=typing.get_args(OnBadImage),
+        help="fail: name every unreadable file and write nothing; skip: predict the others",
+    )  # fmt: skip
     p.add_argument("--bad-out", help="CSV listing the skipped files (path, reason)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or @list.txt")
