@@ -113,6 +113,7 @@ def test_sidecar_describes_the_model(run, out):
     )
     assert info["temperature"] == 1.0  # model.pt without a temperature
     assert info["source"]["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert info["torch"] == torch.__version__  # model.pt2 needs this PyTorch or newer
     # The names and shapes it states are the ONNX file's.
     graph = onnx.load(out / "model.onnx").graph
     (inp,), (output,) = graph.input, graph.output

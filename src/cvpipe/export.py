@@ -49,8 +49,10 @@ def write_onnx(model: torch.nn.Module, image_size: int, path: str | Path) -> Non
         # container runs 2.8. The TorchScript-based exporter (dynamo=False) warns that it is
         # deprecated and will be removed, while dynamo=True works on 2.8 (with onnxscript) and
         # on 2.14 alike, and exports the same torch.export graph as model.pt2.
-        # external_data=False: the weights go inside model.onnx, so the job writes no
-        # undeclared model.onnx.data (ONNX's 2 GB protobuf limit bounds such a model).
+        # (Checked with onnxscript 0.7.2: 2.8.0 and 2.14.1 write the same input/output names
+        # and batch axis, and agree with the PyTorch model; 2.14 also runs onnxscript's graph
+        # optimiser, its default.) external_data=False: the weights go inside model.onnx, so
+        # the job writes no undeclared model.onnx.data (ONNX's 2 GB limit bounds such a model).
         torch.onnx.export(
             model, example, str(tmp), dynamo=True, external_data=False,
             dynamic_shapes=dynamic_shapes, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -94,6 +96,8 @@ def sidecar(saved: dict, model_path: str | Path) -> dict:
             "softmax(logits / temperature)",
         },
         "source": {"model": str(model_path), "sha256": sha256_file(model_path)},
+        # model.pt2 loads with this PyTorch or a newer one, not an older one.
+        "torch": torch.__version__,
     }
 
 
