@@ -258,7 +258,8 @@ def test_every_option_a_rule_passes_is_required():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     options = rule_options()
     assert set(options) == {
-        "synth", "index", "preprocess", "train", "evaluate", "plots", "compare", "gpus"
+        "synth", "index", "preprocess", "train", "evaluate", "plots", "compare", "gpus",
+        "export",
     }  # fmt: skip
     for command, passed in options.items():
         actions = {o: a for a in sub.choices[command]._actions for o in a.option_strings}

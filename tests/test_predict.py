@@ -248,3 +248,20 @@ def test_workflow_stage_is_off_by_default_and_follows_image_content(tiny_run_cop
     assert planned_jobs(work, configfiles=configs) == {}
     files["good"][1].write_bytes(files["good"][0].read_bytes())  # new bytes: predict again
     assert planned_jobs(work, configfiles=configs) == {"predict": len(EXPERIMENTS), "all": 1}
+
+
+def test_onnx_export_predicts_what_the_model_file_does(letterbox_run, tmp_path):
+    from cvpipe.export import export
+
+    export(letterbox_run / "model.pt", tmp_path / "export")
+    folder = letterbox_run / "data"
+    for model, out in [
+        (letterbox_run / "model.pt", "pt.csv"),
+        (tmp_path / "export" / "model.onnx", "onnx.csv"),
+    ]:
+        assert cvpipe("--model", model, "--device", "cpu", "--out", tmp_path / out, folder) == 0
+    torch_rows, onnx_rows = read_csv(tmp_path / "pt.csv"), read_csv(tmp_path / "onnx.csv")
+    assert [r["path"] for r in onnx_rows] == [r["path"] for r in torch_rows]
+    for got, want in zip(onnx_rows, torch_rows, strict=True):
+        for c in CLASSES:
+            assert float(got[f"p_{c}"]) == pytest.approx(float(want[f"p_{c}"]), abs=1e-4)

@@ -191,6 +191,20 @@ def run_predict(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_export(p: argparse.ArgumentParser) -> None:
+    """Export a trained model as ONNX and as a torch.export program, with a model.json."""
+    p.add_argument("--model", required=True, help="model.pt written by the train stage")
+    p.add_argument(
+        "--out-dir", required=True, help="folder for model.onnx, model.pt2 and model.json"
+    )
+
+
+def run_export(a: argparse.Namespace) -> None:
+    from cvpipe.export import export
+
+    export(model_path=a.model, out_dir=a.out_dir)
+
+
 def add_plots(p: argparse.ArgumentParser) -> None:
     """Figures of one experiment."""
     from cvpipe.settings import Resize
@@ -407,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add, run in (
         (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
-        (add_plots, run_plots), (add_compare, run_compare), (add_config, run_config),
-        (add_code, run_code), (add_gpus, run_gpus),
+        (add_plots, run_plots), (add_export, run_export), (add_compare, run_compare),
+        (add_config, run_config), (add_code, run_code), (add_gpus, run_gpus),
         (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
         # The subcommand's name and one-line help come from its `add_` function.

@@ -101,14 +101,15 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
 def _onnx_predictor(model_path: Path) -> Predictor:
     """An ONNX export and its model.json: the same preparation, normalised in NumPy."""
     try:
-        # The ignore is for a checkout without the export module (unused once it is there).
-        from cvpipe.onnxmodel import load_onnx  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:  # ModuleNotFoundError included: onnxruntime or the module itself
+        from cvpipe.onnxmodel import load_onnx
+    except ImportError as exc:  # ModuleNotFoundError included: a cvpipe without its export part
         raise CvpipeError(
             f"cannot run {model_path}: ONNX support is not installed ({exc}); "
             "install it with `pip install 'cvpipe[export]'`."
         ) from None
-    run, meta = load_onnx(model_path)
+    run, meta = load_onnx(model_path)  # says itself what to install for onnxruntime
+    if "resize" not in meta:
+        raise CvpipeError(f"the model.json of {model_path} has no resize mode; rerun cvpipe export")
     size, mode = meta["image_size"], meta["resize"]
     temperature = float(meta.get("temperature") or 1.0)
     mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
