@@ -8,14 +8,14 @@ Outputs:
   Deterministic: no timings in it, so two runs with the same seed compare byte for byte;
 - `predictions.csv`: path (relative to the data root), true class, predicted class and every
   class probability, in test-split order;
+- `timing.json`: inference images/s (wall clock, hence its own file), after an untimed warm-up
+  batch and over at least `MIN_TIMED_IMAGES` images (several passes over a small split).
 
 The probabilities are temperature-scaled, softmax(logits / T) with the `temperature` training
 stored in model.pt (what `cvpipe predict` returns too), and the whole report is of them:
 predictions.csv, `log_loss` and the one-vs-rest ROC-AUC (which scaling can change: the order
 of one class's probability over images is not fixed by T). Accuracy, F1 and the confusion
 matrix are the same either way; the unscaled NLL and calibration errors are in `calibration`.
-- `timing.json`: inference images/s (wall clock, hence its own file), after an untimed warm-up
-  batch and over at least `MIN_TIMED_IMAGES` images (several passes over a small split).
 """
 
 from __future__ import annotations
