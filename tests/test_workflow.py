@@ -34,7 +34,7 @@ from cvpipe import stagecode
 from cvpipe.synth import draw_image
 
 pytestmark = pytest.mark.slow
-PLOTS = ("curves", "confusion", "samples", "per_class")
+PLOTS = ("curves", "confusion", "samples", "per_class", "reliability")
 
 
 def test_pipeline_produces_every_result(tiny_run):

@@ -210,7 +210,7 @@ def add_plots(p: argparse.ArgumentParser) -> None:
     from cvpipe.settings import Resize
 
     _required(p, "--history", "--metrics", "--predictions", "--manifest", "--data-root")
-    _required(p, "--curves", "--confusion", "--samples", "--per-class", "--title")
+    _required(p, "--curves", "--confusion", "--samples", "--per-class", "--reliability", "--title")
     p.add_argument("--image-size", type=int, required=True, help="as the model saw the images")
     p.add_argument("--resize", required=True, choices=typing.get_args(Resize))
     _required(p, "--dpi", "--num-samples", type=int)
@@ -224,6 +224,7 @@ def run_plots(a: argparse.Namespace) -> None:
         "confusion": a.confusion,
         "samples": a.samples,
         "per_class": a.per_class,
+        "reliability": a.reliability,
     }
     make_plots(
         history_path=a.history, metrics_path=a.metrics, predictions_path=a.predictions,

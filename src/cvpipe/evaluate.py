@@ -3,18 +3,26 @@
 Outputs:
 
 - `metrics.json`: accuracy, per-class precision/recall/F1/ROC-AUC, macro averages, the confusion
-  matrix and which model epoch was evaluated. Deterministic: no timings in it, so two runs with
-  the same seed compare byte for byte;
+  matrix, which model epoch was evaluated, and `calibration` (`cvpipe.calibration`: ECE, MCE
+  and NLL before and after temperature scaling, the temperature and the reliability bins).
+  Deterministic: no timings in it, so two runs with the same seed compare byte for byte;
 - `predictions.csv`: path (relative to the data root), true class, predicted class and every
   class probability, in test-split order;
 - `timing.json`: inference images/s (wall clock, hence its own file), after an untimed warm-up
   batch and over at least `MIN_TIMED_IMAGES` images (several passes over a small split).
+
+The probabilities are temperature-scaled, softmax(logits / T) with the `temperature` training
+stored in model.pt (what `cvpipe predict` returns too), and the whole report is of them:
+predictions.csv, `log_loss` and the one-vs-rest ROC-AUC (which scaling can change: the order
+of one class's probability over images is not fixed by T). Accuracy, F1 and the confusion
+matrix are the same either way; the unscaled NLL and calibration errors are in `calibration`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -22,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvpipe import atomic, checkpoint, runtime
+from cvpipe import atomic, calibration, checkpoint, runtime
 from cvpipe.augment import eval_transform
 from cvpipe.data import CacheSplit, build_loader
 from cvpipe.distributed import pick_device
@@ -59,8 +67,8 @@ def _sync(device: torch.device) -> None:
 def predict(
     model: torch.nn.Module, saved: dict, split: CacheSplit, device: torch.device, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Class probabilities and labels for every image of `split`, the images/s achieved and
-    the number of images that were timed.
+    """Logits (float32) and labels for every image of `split`, the images/s achieved and the
+    number of images that were timed.
 
     The first batch is not timed (CUDA context, cuDNN autotuning, allocator warm-up); the rest
     of the pass is, and repeat passes (results unused) until `MIN_TIMED_IMAGES` were timed.
@@ -78,15 +86,15 @@ def predict(
     def infer(images: torch.Tensor) -> torch.Tensor:
         x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
         with autocast():
-            return torch.softmax(model(x).float(), dim=1).cpu()
+            return model(x).float().cpu()
 
-    probs, labels = [], []
+    logits, labels = [], []
     timed_images, seconds = 0, 0.0
     for i, (images, y) in enumerate(loader):
         if i == 1:  # after the untimed warm-up batch
             _sync(device)
             started = time.perf_counter()
-        probs.append(infer(images))
+        logits.append(infer(images))
         labels.append(y)
         timed_images += len(y) if i else 0
     if timed_images:
@@ -101,7 +109,7 @@ def predict(
         _sync(device)
         seconds += time.perf_counter() - started
     images_per_s = timed_images / max(seconds, 1e-9)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), images_per_s, timed_images
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), images_per_s, timed_images
 
 
 def job_record(started_unix: float) -> dict:
@@ -112,6 +120,17 @@ def job_record(started_unix: float) -> dict:
         "started_unix": started_unix,
         "finished_unix": time.time(),
     }
+
+
+def stored_temperature(saved: dict, model_path: str | Path) -> float:
+    """The temperature training fitted (`cvpipe.calibration`), checked to be a usable one."""
+    temperature = saved.get("temperature")
+    if not isinstance(temperature, float) or not 0 < temperature < math.inf:
+        raise CvpipeError(
+            f"{model_path} holds no usable temperature ({temperature!r}): it was written by an "
+            "older cvpipe or changed since; rerun training with `snakemake --forcerun train`."
+        )
+    return temperature
 
 
 def _test_split(cache_dir: str | Path, manifest_path: str | Path) -> tuple[CacheSplit, list]:
@@ -156,10 +175,15 @@ def evaluate(
     dev = pick_device(device)
     model, saved = load_model(model_path, dev)
     test, rows = _test_split(cache_dir, manifest_path)
-    probs, labels, images_per_s, timed = predict(model, saved, test, dev, batch_size)
+    temperature = stored_temperature(saved, model_path)
+    logits, labels, images_per_s, timed = predict(model, saved, test, dev, batch_size)
+    probs = calibration.softmax(logits, temperature)
     classes = saved["classes"]
     report = classification_report(labels, probs, classes)
+    scaling = calibration.calibration_report(logits, labels, temperature)
+    scaling["fit"] = saved.get("calibration_fit")
     metrics = {"model": saved["model_name"], "epoch": saved["epoch"], **report}
+    metrics["calibration"] = scaling
     atomic.write_json(metrics_path, metrics)
     _write_predictions(predictions_path, rows, probs, classes)
     atomic.write_json(

@@ -6,7 +6,10 @@
   predicted class and the predicted probability. The images are decoded from the originals
   with the experiment's resize rule (a couple of dozen images), so figures never need the
   preprocessed cache, which DVC does not version;
-- `per_class.png`: precision, recall and F1 per class.
+- `per_class.png`: precision, recall and F1 per class;
+- `reliability.png`: the reliability diagram from metrics.json's `calibration` section (test
+  accuracy against mean confidence per confidence bin, before and after temperature scaling,
+  ECE in the legend) above the number of images in each bin.
 """
 
 from __future__ import annotations
@@ -127,6 +130,36 @@ def plot_per_class(metrics: dict, title: str) -> plt.Figure:
     return fig
 
 
+def plot_reliability(metrics: dict, title: str) -> plt.Figure:
+    """Reliability diagram before and after temperature scaling, with the bin counts below."""
+    cal = metrics["calibration"]
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.2, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
+    )
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    width = 1 / cal["n_bins"] / 2.4
+    runs = (("", "before", 1.0, "tab:red"), ("_scaled", "after", cal["temperature"], "tab:blue"))
+    for k, (suffix, when, temperature, colour) in enumerate(runs):
+        bins = cal[f"reliability{suffix}"]
+        full = [b for b in bins if b["count"]]
+        label = f"{when}: T = {temperature:.2f}, ECE {cal[f'ece{suffix}']:.3f}"
+        ax.plot(
+            [b["confidence"] for b in full], [b["accuracy"] for b in full], "-o",
+            ms=4, color=colour, label=label,
+        )  # fmt: skip
+        centres = [(b["lower"] + b["upper"]) / 2 + (k - 0.5) * width for b in bins]
+        bars = counts.bar(centres, [b["count"] for b in bins], width, color=colour, alpha=0.7)
+        counts.bar_label(bars, labels=[str(b["count"] or "") for b in bins], fontsize=6)
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.04), ylabel="test accuracy in the bin")
+    ax.set_title(f"{title}: reliability (before / after temperature scaling)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    counts.set(xlabel="confidence (predicted class probability)", ylabel="images")
+    counts.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def make_plots(
     history_path: str | Path,
     metrics_path: str | Path,
@@ -140,7 +173,8 @@ def make_plots(
     dpi: int = 120,
     samples: int = 24,
 ) -> None:
-    """Write the four figures; `out` maps curves/confusion/samples/per_class to paths."""
+    """Write the five figures; `out` maps curves/confusion/samples/per_class/reliability to
+    paths."""
     history = read_csv(history_path)
     metrics = json.loads(Path(metrics_path).read_text())
     predictions = read_csv(predictions_path)
@@ -153,3 +187,4 @@ def make_plots(
 
     save_figure(plot_samples(predictions, load_image, samples, title), out["samples"], dpi)
     save_figure(plot_per_class(metrics, title), out["per_class"], dpi)
+    save_figure(plot_reliability(metrics, title), out["reliability"], dpi)

@@ -7,7 +7,8 @@ Models (`--model`):
   RGB, `preprocess.resize_square` with the model's size and resize mode, `augment.eval_transform`
   with its mean and std, its channels-last and autocast settings), so the test split's originals
   get the probabilities that evaluate's predictions.csv holds; probabilities are
-  `softmax(logits / temperature)`, the temperature stored with the model (1 without one);
+  `softmax(logits / temperature)` (`calibration.softmax`, as evaluate), the temperature that
+  training fitted and stored with the model;
 - a `.onnx` file with its `model.json` beside it (`cvpipe.onnxmodel`, the `export` extra): the
   same preparation, normalised in NumPy;
 - a torchvision model name with `weights`: a weights name (`DEFAULT`, `IMAGENET1K_V1`, ...)
@@ -43,12 +44,12 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from cvpipe import atomic, datatree, models, runtime
+from cvpipe import atomic, calibration, datatree, models, runtime
 from cvpipe.augment import eval_transform
 from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
-from cvpipe.evaluate import load_model
+from cvpipe.evaluate import load_model, stored_temperature
 from cvpipe.index import BAD_FIELDS
 from cvpipe.preprocess import resize_square
 
@@ -76,7 +77,7 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
             "retrain it with `snakemake --forcerun train`."
         )
     size, mode = saved["image_size"], saved["resize"]
-    temperature = float(saved.get("temperature") or 1.0)  # absent: an uncalibrated model
+    temperature = stored_temperature(saved, model_path)
     mean = torch.tensor(saved["mean"], device=device)
     std = torch.tensor(saved["std"], device=device)
     channels_last = saved["config"].get("channels_last", False)
@@ -91,7 +92,7 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
         x = eval_transform(torch.from_numpy(batch).to(device), mean, std, channels_last)
         with autocast():
             logits = model(x).float()
-        return torch.softmax(logits / temperature, dim=1).cpu().numpy()
+        return calibration.softmax(logits.cpu().numpy(), temperature)
 
     return Predictor(
         list(saved["classes"]), lambda im: resize_square(im, size, mode), probabilities
@@ -117,9 +118,7 @@ def _onnx_predictor(model_path: Path) -> Predictor:
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         x = (batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - mean) / std
-        logits = np.asarray(run(np.ascontiguousarray(x)), np.float64) / temperature
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        return calibration.softmax(np.asarray(run(np.ascontiguousarray(x))), temperature)
 
     return Predictor(list(meta["classes"]), lambda im: resize_square(im, size, mode), probabilities)
 

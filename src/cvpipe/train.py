@@ -2,9 +2,10 @@
 
 `train(cfg, ...)` is the plain function tests call; `cvpipe train` is its command line. It starts
 afresh or resumes (`cvpipe.checkpoint`), runs the epochs (steps and validation: `cvpipe.epoch`),
-keeps the best one, and writes the model file, the history and the provenance record. The parts
-it trains (model, AdamW, LR schedule, loss, precision, transforms) are assembled by
-`cvpipe.parts`; threads and autocast come from `cvpipe.runtime`.
+keeps the best one, fits its temperature on the validation split (`cvpipe.calibration`), and
+writes the model file, the history and the provenance record. The parts it trains (model,
+AdamW, LR schedule, loss, precision, transforms) are assembled by `cvpipe.parts`; threads and
+autocast come from `cvpipe.runtime`.
 
 One code path for CPU, one GPU, AMP and DDP (under torchrun): mixed precision is a no-op
 `autocast`/`GradScaler` when off, DDP is detected from the environment (`cvpipe.distributed`),
@@ -21,6 +22,7 @@ checkpoints mid-epoch and exits for a retry (`cvpipe.preemption`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -33,7 +35,7 @@ from typing import Any, NoReturn
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from cvpipe import checkpoint, distributed, provenance, runtime
+from cvpipe import calibration, checkpoint, distributed, provenance, runtime
 from cvpipe.checkpoint import EpochProgress
 from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
@@ -304,11 +306,32 @@ def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
     )  # fmt: skip
 
 
+def _fit_temperature(run: _Run, weights: dict) -> dict:
+    """Temperature scaling of the best weights, fitted on the validation split: every rank
+    runs its share of the split, the NLL sums are added over ranks (a collective call)."""
+    model = copy.deepcopy(run.parts.model)  # the plain model: no DDP collectives per batch
+    model.load_state_dict(weights)
+    parts = run.parts
+    logits, labels = calibration.collect_logits(
+        model, parts.val_loader, parts.eval_transform, parts.autocast, run.env.device
+    )
+    fit = calibration.fit_temperature(
+        logits, labels, lambda t: distributed.all_reduce_sum(t, run.env)
+    )
+    log.info(
+        "temperature %.4f fitted on %d validation images: NLL %s -> %s",
+        fit["temperature"], fit["images"], fit["val_nll"], fit["val_nll_scaled"],
+    )  # fmt: skip
+    return fit
+
+
 def _write_model(run: _Run, stats: dict) -> None:
-    """The history, and the model file: the best epoch's weights with what evaluation needs."""
+    """The history, and the model file: the best epoch's weights with what evaluation needs,
+    and the temperature that calibrates them (`cvpipe.calibration`)."""
     cfg, files = run.cfg, run.files
     distributed.barrier(run.env)  # rank 0 has written best.pt before anyone reads it
     best_weights = checkpoint.load(files.best_checkpoint, map_location="cpu")["model"]
+    fit = _fit_temperature(run, best_weights)
     files.write_history(run.history)
     files.save_checkpoint(
         files.model_path,
@@ -325,6 +348,8 @@ def _write_model(run: _Run, stats: dict) -> None:
             "val_metrics": _best(run)["metrics"],
             "config": cfg.as_dict(),
             "manifest_sha256": stats["manifest_sha256"],
+            "temperature": fit.pop("temperature"),
+            "calibration_fit": fit,
         },
     )
 

@@ -34,6 +34,12 @@ rule plots:
             category="{experiment}",
             labels={"figure": "per-class scores"},
         ),
+        reliability=report(
+            "results/{experiment}/plots/reliability.png",
+            caption="../report/reliability.rst",
+            category="{experiment}",
+            labels={"figure": "reliability diagram"},
+        ),
     log:
         "results/logs/plots/{experiment}.log",
     params:
@@ -51,5 +57,6 @@ rule plots:
         " --data-root {input.data} --image-size {params.image_size} --resize {params.resize}"
         " --curves {output.curves} --confusion {output.confusion}"
         " --samples {output.samples} --per-class {output.per_class}"
+        " --reliability {output.reliability}"
         " --title {wildcards.experiment} --dpi {params.dpi}"
         " --num-samples {params.samples} > {log} 2>&1"
