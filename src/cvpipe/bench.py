@@ -12,6 +12,11 @@ workers.
 cvpipe's loader slices the preprocessed uint8 cache and augments whole batches with tensor ops
 (`cvpipe.augment`), here on the CPU. The one-off cost of building the cache is reported too.
 
+`cvpipe bench predict`: inference images/s of `cvpipe predict` on image files (decode, resize,
+normalise, model; what a user's new photos go through) against the evaluate stage on the
+preprocessed cache (the model alone, fed from memory), same model, images and batch size. Files
+must stay within 2x of the cache: predict decodes every image, evaluate decoded them once.
+
 `cvpipe bench train`: training images/s of cvpipe's real training step (the `train_one_epoch`
 of `cvpipe.train`, with its AMP, channels-last and compile settings) fed by (a) the pipeline's
 loader (cache -> pinned memory -> device, augmentation on the device) and (b) one batch already
@@ -340,3 +345,76 @@ def _report_train(rows: list[dict[str, Any]], device: torch.device, params: dict
     if params["json_path"]:
         record = {"device": device_name, "args": params, "rows": rows}
         atomic.write_text(params["json_path"], json.dumps(record, indent=2, default=str))
+
+
+def _random_model_file(model: str, image_size: int, stats: dict, path: Path) -> Path:
+    """A model.pt as training writes it, with untrained weights (speed does not depend on them)."""
+    from cvpipe.models import build_model
+
+    saved = {
+        "model": build_model(model, len(stats["classes"])).state_dict(),
+        "model_name": model, "classes": stats["classes"], "image_size": image_size,
+        "resize": CONFIG_DEFAULTS["preprocess"]["resize"], "mean": stats["mean"],
+        "std": stats["std"], "epoch": 0, "temperature": 1.0,
+        "config": TrainConfig(model=model, image_size=image_size).as_dict(),
+    }  # fmt: skip
+    torch.save(saved, path)
+    return path
+
+
+def _predict_rate(model_file: Path, files: list[Path], batch_size: int, threads: int) -> float:
+    """Images/s of `cvpipe predict` over `files`, after one untimed batch (threads, allocator)."""
+    from cvpipe.predict import load_predictor, run_batches
+
+    predictor = load_predictor(str(model_file), None, torch.device("cpu"))
+    run_batches(predictor, files[:batch_size], batch_size, threads, stop_on_bad=False)
+    started = time.perf_counter()
+    paths, _, _ = run_batches(predictor, files, batch_size, threads, stop_on_bad=False)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def bench_predict(
+    *,
+    model: str,
+    model_file: str | None,
+    data_root: str | None,
+    images_per_class: int,
+    source_size: int,
+    image_size: int,
+    batch_size: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """`cvpipe predict` on the train split's files vs evaluate's inference on its cache (CPU)."""
+    from cvpipe.evaluate import load_model
+    from cvpipe.evaluate import predict as evaluate_predict
+
+    logging.getLogger("cvpipe").setLevel(logging.WARNING)
+    runtime.set_threads(threads)
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
+        if model_file:  # a trained model decides the size the data is prepared at
+            image_size = load_model(model_file, cpu)[1]["image_size"]
+        root, manifest, cache, _ = prepare_data(
+            data_root, images_per_class, source_size, image_size, Path(tmp)
+        )
+        path = Path(model_file or _random_model_file(
+            model, image_size, read_stats(cache), Path(tmp) / "model.pt"
+        ))  # fmt: skip
+        net, saved = load_model(path, cpu)
+        split = CacheSplit(cache, "train")
+        files = [root / r["path"] for r in split_rows(read_manifest(manifest), "train")]
+        cache_rate = evaluate_predict(net, saved, split, cpu, batch_size)[2]
+        files_rate = _predict_rate(path, files, batch_size, torch.get_num_threads())
+    result = {
+        "model": saved["model_name"], "image_size": image_size, "batch_size": batch_size,
+        "images": len(files), "source_size": source_size, "threads": torch.get_num_threads(),
+        "evaluate_cache_images_per_s": cache_rate, "predict_files_images_per_s": files_rate,
+    }  # fmt: skip
+    print(
+        f"\nInference on the CPU ({runtime.device_name(cpu)}), {result['model']} at "
+        f"{image_size} px, batch {batch_size}, {len(files)} images drawn at {source_size} px, "
+        f"{result['threads']} threads, torch {torch.__version__}\n\n"
+        "| evaluate, cache (img/s) | predict, files (img/s) | evaluate / predict |\n|---|---|---|\n"
+        f"| {cache_rate:.0f} | {files_rate:.0f} | {cache_rate / files_rate:.2f} |"
+    )
+    return result

@@ -393,6 +393,17 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=run_bench_train)
 
+    b = bench.add_parser("predict", help="cvpipe predict on files vs evaluate on the cache, img/s")
+    b.add_argument("--model", default=TRAIN_DEFAULTS["model"], help="untrained, of this name")
+    b.add_argument("--model-file", help="a trained model.pt instead (its image size is used)")
+    b.add_argument("--data-root", help="ImageFolder tree (default: draw the built-in set)")
+    b.add_argument("--images-per-class", type=int, default=250)
+    b.add_argument("--source-size", type=int, default=256)
+    b.add_argument("--image-size", type=int, default=TRAIN_DEFAULTS["image_size"])
+    b.add_argument("--batch-size", type=int, default=256, help="evaluate's batch size")
+    b.add_argument("--threads", type=int)
+    b.set_defaults(func=run_bench_predict)
+
 
 def run_bench_loader(a: argparse.Namespace) -> None:
     from cvpipe.bench import bench_loader
@@ -401,6 +412,16 @@ def run_bench_loader(a: argparse.Namespace) -> None:
         data_root=a.data_root, images_per_class=a.images_per_class, source_size=a.source_size,
         image_size=a.image_size, batch_size=a.batch_size, workers=a.workers, epochs=a.epochs,
         policy=a.policy, threads=a.threads,
+    )  # fmt: skip
+
+
+def run_bench_predict(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_predict
+
+    bench_predict(
+        model=a.model, model_file=a.model_file, data_root=a.data_root,
+        images_per_class=a.images_per_class, source_size=a.source_size,
+        image_size=a.image_size, batch_size=a.batch_size, threads=a.threads,
     )  # fmt: skip
 
 
