@@ -68,6 +68,23 @@ def iter_samples(root: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
                     yield class_dir.name, Path(dirpath) / name
 
 
+def folder_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every non-hidden file below `folder`, at any depth, sorted by path (the inputs of
+    `cvpipe predict`). Folder links are followed, as the index does; a folder reached a second
+    time (a link loop) is not read again."""
+    found = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already read
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = [d for d in dirnames if _visible(d)]
+        found += [Path(dirpath) / name for name in filenames if _visible(name)]
+    return sorted(found)
+
+
 def unreadable(path: Path) -> str | None:
     """Why a sample cannot be read as a file (a symlink loop, a dangling symlink), or None."""
     try:
@@ -100,18 +117,25 @@ def tree_fingerprint(root: str | os.PathLike[str], cache_file: str | os.PathLike
     `cache_file` (JSON) remembers each file's hash with the stat fields it was computed from; a
     file whose size, mtime or inode changed is hashed again. The cache is rewritten atomically.
     """
-    root = Path(root)
-    cache_path = Path(cache_file)
+    return _fingerprint(Path(root), (path for _, path in iter_samples(root)), Path(cache_file))
+
+
+def files_fingerprint(root: str | os.PathLike[str], cache_file: str | os.PathLike[str]) -> str:
+    """As `tree_fingerprint`, over every file of `folder_files(root)` (any depth, no classes)."""
+    return _fingerprint(Path(root), iter(folder_files(root)), Path(cache_file))
+
+
+def _fingerprint(root: Path, paths: Iterator[Path], cache_path: Path) -> str:
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
     new_cache: dict[str, list] = {}
     digest = hashlib.sha256()
-    for _, path in iter_samples(root):
+    for path in paths:
         rel = path.relative_to(root).as_posix()
         problem = unreadable(path)
-        if problem:  # a bad file counts by its reason; the index stage reports it
+        if problem:  # a bad file counts by its reason; the stage that reads it reports it
             digest.update(f"{rel}\0{problem}\n".encode())
             continue
         st = path.stat()

@@ -43,13 +43,14 @@ def train_launcher(gpus: int, ddp_processes: int) -> str:
     return shlex.join(words)
 
 
-def evaluate_launcher(gpus: int) -> str:
-    """The shell words that precede `evaluate ...` in the evaluate rule, `--device` included.
+def evaluate_launcher(gpus: int, command: str = "evaluate") -> str:
+    """The shell words that precede the options of an inference stage (`evaluate`, `predict`)
+    in its rule, `--device` included.
 
-    A GPU experiment's evaluation locks one GPU id of its own (inference needs no more); a CPU
+    A GPU experiment's inference locks one GPU id of its own (inference needs no more); a CPU
     experiment's is told `--device cpu`, so it never initialises CUDA on a shared machine.
     """
     device = "cuda" if gpus > 0 else "cpu"
     return shlex.join(
-        [*_allocator(min(gpus, 1)), "python", "-m", "cvpipe", "evaluate", "--device", device]
+        [*_allocator(min(gpus, 1)), "python", "-m", "cvpipe", command, "--device", device]
     )

@@ -181,26 +181,6 @@ def load_predictor(model: str, weights: str | None, device: torch.device) -> Pre
     return _torchvision_predictor(model, weights or "DEFAULT", device)
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    """Every non-hidden file below `folder`, at any depth, sorted by path. Folder links are
-    followed, as the index does; a folder reached a second time (a link loop) is not read again."""
-    found = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already read
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = [d for d in dirnames if _visible(d)]
-        found += [Path(dirpath) / name for name in filenames if _visible(name)]
-    return sorted(found)
-
-
 def _listed_files(list_file: Path) -> list[Path]:
     """The paths of an `@list.txt`, relative ones taken from the list's folder."""
     try:
@@ -217,7 +197,7 @@ def input_files(inputs: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         for path in _listed_files(Path(item[1:])) if item.startswith("@") else [Path(item)]:
-            files += _folder_files(path) if path.is_dir() else [path]
+            files += datatree.folder_files(path) if path.is_dir() else [path]
     return files
 
 

@@ -149,6 +149,11 @@ def evaluate_launch(wildcards):
     return evaluate_launcher(evaluate_gpus(wildcards))
 
 
+def predict_launch(wildcards):
+    """`cvpipe predict --device cpu`, or `--device cuda` behind the GPU-id allocator."""
+    return evaluate_launcher(evaluate_gpus(wildcards), "predict")
+
+
 def evaluate_gpu_model(wildcards):
     return config.get("slurm_gpu_model", "") if evaluate_gpus(wildcards) else ""
 
@@ -167,6 +172,10 @@ def train_code(wildcards):
 
 def evaluate_code(wildcards):
     return stage_code(*(["gpus"] if evaluate_gpus(wildcards) else []), "evaluate")
+
+
+def predict_code(wildcards):
+    return stage_code(*(["gpus"] if evaluate_gpus(wildcards) else []), "predict")
 
 
 # Stages whose code fingerprint the comparison reports; training's comes from each

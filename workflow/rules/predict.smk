@@ -1,9 +1,7 @@
 # Optional stage: every experiment's model predicts the images of `predict.images` (off while it
 # is null). The folder is ancient(): a new mtime alone does not rerun prediction; its content
 # fingerprint (a param) does, as for the index's data.
-import hashlib
-
-from cvpipe.datatree import sha256_file
+from cvpipe.datatree import files_fingerprint
 
 PREDICT_IMAGES = config["predict"]["images"]
 if PREDICT_IMAGES and not os.path.isdir(PREDICT_IMAGES):
@@ -11,33 +9,15 @@ if PREDICT_IMAGES and not os.path.isdir(PREDICT_IMAGES):
         f"predict.images {PREDICT_IMAGES!r} is not a folder (relative paths start at "
         f"{os.getcwd()}). Point it at a folder of images, or set it to null."
     )
-# How a job starts, by the experiment's GPUs (0 or 1 for inference), as cvpipe.launch starts
-# evaluate: one locked GPU id of its own, or the CPU without touching CUDA.
-PREDICT_LAUNCH = [
-    "python -m cvpipe predict --device cpu",
-    "python -m cvpipe gpus --count 1 -- python -m cvpipe predict --device cuda",
-]
 # What rule all asks of this stage: nothing while predict.images is null.
 PREDICT_OUTPUTS = (
     expand("results/{experiment}/predict/predictions.csv", experiment=EXPERIMENTS)
     if PREDICT_IMAGES
     else []
 )
-# tree_fingerprint hashes the files in subfolders (cached per file, as for the data); the files
-# directly in the folder, which a data set does not have, are hashed beside it.
+# Every file below the folder, hashed once per size/mtime/inode (cached as the data's are).
 PREDICT_FINGERPRINT = (
-    hashlib.sha256(
-        "\n".join(
-            [
-                tree_fingerprint(PREDICT_IMAGES, "results/.cache/predict-fingerprint.json"),
-                *(
-                    f"{entry.name}\0{sha256_file(entry.path)}"
-                    for entry in sorted(os.scandir(PREDICT_IMAGES), key=lambda e: e.name)
-                    if entry.is_file() and not entry.name.startswith(".")
-                ),
-            ]
-        ).encode()
-    ).hexdigest()
+    files_fingerprint(PREDICT_IMAGES, "results/.cache/predict-fingerprint.json")
     if PREDICT_IMAGES
     else None
 )
@@ -53,13 +33,11 @@ rule predict:
     log:
         "results/logs/predict/{experiment}.log",
     params:
-        launch=lambda wildcards: PREDICT_LAUNCH[evaluate_gpus(wildcards)],
+        launch=predict_launch,
         fingerprint=PREDICT_FINGERPRINT,
         on_bad_file=config["predict"]["on_bad_file"],
         top_k=config["predict"]["top_k"],
-        code=lambda wildcards: stage_code(
-            *(["gpus"] if evaluate_gpus(wildcards) else []), "predict"
-        ),
+        code=predict_code,
     resources:
         gpu=evaluate_gpus,
         gpu_model=evaluate_gpu_model,
