@@ -179,6 +179,25 @@ def run_plots(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_gradcam(p: argparse.ArgumentParser) -> None:
+    """Grad-CAM heat maps of sample test predictions, right and wrong."""
+    from cvpipe.settings import Device
+
+    _required(p, "--model", "--predictions", "--manifest", "--data-root", "--out", "--title")
+    _required(p, "--num-samples", "--dpi", "--threads", type=int)
+    p.add_argument("--device", required=True, choices=typing.get_args(Device))
+
+
+def run_gradcam(a: argparse.Namespace) -> None:
+    from cvpipe.gradcam import make_gradcam
+
+    make_gradcam(
+        model_path=a.model, predictions_path=a.predictions, manifest_path=a.manifest,
+        data_root=a.data_root, out=a.out, title=a.title, samples=a.num_samples, dpi=a.dpi,
+        device=a.device, threads=a.threads,
+    )  # fmt: skip
+
+
 def add_compare(p: argparse.ArgumentParser) -> None:
     """Table and chart over experiments."""
     # One value per experiment in each list, in the same order (the rule passes its inputs).
@@ -368,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add, run in (
         (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_plots, run_plots),
+        (add_gradcam, run_gradcam),
         (add_compare, run_compare), (add_config, run_config), (add_code, run_code),
         (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
