@@ -92,6 +92,7 @@ def train_blob_detector(images: np.ndarray, labels: torch.Tensor, epochs: int) -
     return model.eval(), mean, std
 
 
+@pytest.mark.slow
 def test_heat_map_peaks_in_the_quadrant_of_the_defect():
     model, mean, std = train_blob_detector(*blob_data(per_class=24), epochs=EPOCHS)
     _, layer = target_layer(model, SIZE)
@@ -121,6 +122,7 @@ def test_heat_map_peaks_in_the_quadrant_of_the_defect():
         assert cam[rows, cols].sum() > 0.3 * cam.sum(), where
 
 
+@pytest.mark.slow
 def test_workflow_writes_the_figure_and_the_report_shows_it(tiny_run_copy):
     for experiment in EXPERIMENTS:
         figure = tiny_run_copy / "results" / experiment / "plots" / "gradcam.png"
@@ -133,6 +135,7 @@ def test_workflow_writes_the_figure_and_the_report_shows_it(tiny_run_copy):
     assert "gradcam.png" in html and "Grad-CAM" in html
 
 
+@pytest.mark.slow
 def test_predictions_of_other_classes_are_refused_by_name(tiny_run, tmp_path):
     results = tiny_run / "results" / "resnet18"
     predictions = (results / "eval" / "predictions.csv").read_text()
