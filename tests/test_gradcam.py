@@ -12,7 +12,7 @@ import torch
 from helpers import BIN, EXPERIMENTS, snakemake, tool_env
 
 from cvpipe.augment import normalize, to_float
-from cvpipe.gradcam import grad_cam, target_layer
+from cvpipe.gradcam import grad_cam, pick_rows, target_layer
 from cvpipe.models import build_model
 from cvpipe.synth import draw_image
 
@@ -120,6 +120,29 @@ def test_heat_map_peaks_in_the_quadrant_of_the_defect():
         rows = slice(0, half) if cy < half else slice(half, SIZE)
         cols = slice(0, half) if cx < half else slice(half, SIZE)
         assert cam[rows, cols].sum() > 0.3 * cam.sum(), where
+
+
+def test_figure_shows_wrong_and_right_predictions_most_confident_first():
+    def row(true: str, predicted: str, p: float) -> dict[str, str]:
+        probability = {f"p_{c}": str(p if c == predicted else 1 - p) for c in "ab"}
+        return {
+            "path": f"{true}{predicted}{p}",
+            "true": true,
+            "predicted": predicted,
+            **probability,
+        }
+
+    predictions = [
+        row("a", "a", 0.9), row("a", "a", 0.95), row("b", "b", 0.8),
+        row("a", "b", 0.7), row("b", "a", 0.99), row("b", "b", 0.6),
+    ]  # fmt: skip
+    paths = [[r["path"] for r in pick_rows(predictions, n)] for n in (4, 6, 1)]
+    # half wrong, half right, each kind most confident first, classes taken in turn
+    assert paths[0] == ["ba0.99", "ab0.7", "aa0.95", "bb0.8"]
+    assert paths[1] == ["ba0.99", "ab0.7", "aa0.95", "bb0.8", "aa0.9", "bb0.6"]
+    assert paths[2] == ["aa0.95"]
+    only_right = [r for r in predictions if r["true"] == r["predicted"]]
+    assert len(pick_rows(only_right, 3)) == 3  # no wrong ones: right ones fill the figure
 
 
 @pytest.mark.slow

@@ -17,12 +17,14 @@ its releases up to 1.5.4 require `opencv-python`, which installs a second `cv2` 
 scipy; and its target layer is named by hand per architecture, which is the part needed here.
 
 The figure shows test images as the model saw them (decoded from the originals and resized by
-the model file's rule, as plots.py does), each beside its heat map laid over it: wrong
-predictions first, then correct ones (`cvpipe.plots.pick_samples`).
+the model file's rule, as plots.py does), each beside its heat map laid over it: up to half wrong
+predictions, then correct ones (`pick_rows`). The choice is its own, not plots.py's, so a change
+to the other figures never reruns this one.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +41,6 @@ from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model
 from cvpipe.figures import class_labels, plt, read_csv, save_figure
 from cvpipe.index import read_manifest
-from cvpipe.plots import pick_samples
 from cvpipe.preprocess import load_resized
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,27 @@ def _check_predictions(
         )
 
 
+def pick_rows(predictions: list[dict[str, str]], count: int) -> list[dict[str, str]]:
+    """Up to `count` predictions: half wrong and half right where there are enough (whichever
+    kind runs short, the other fills), wrong first. Within each kind the most confident come
+    first, taking the true classes in turn so that every class shows."""
+
+    def confidence(row: dict[str, str]) -> float:
+        return float(row["p_" + row["predicted"]])
+
+    def by_confidence(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        per_class: dict[str, list[dict[str, str]]] = {}
+        for row in sorted(rows, key=confidence, reverse=True):  # stable: ties keep file order
+            per_class.setdefault(row["true"], []).append(row)
+        turns = itertools.zip_longest(*per_class.values())
+        return [row for turn in turns for row in turn if row is not None]
+
+    wrong = by_confidence([r for r in predictions if r["true"] != r["predicted"]])
+    right = by_confidence([r for r in predictions if r["true"] == r["predicted"]])
+    n_wrong = min(len(wrong), max(count // 2, count - len(right)))
+    return wrong[:n_wrong] + right[: count - n_wrong]
+
+
 def plot_gradcam(
     rows: list[dict[str, str]], images: np.ndarray, cams: np.ndarray, title: str
 ) -> plt.Figure:
@@ -196,7 +218,7 @@ def make_gradcam(
         )
     predictions = read_csv(predictions_path)
     _check_predictions(predictions, saved["classes"], predictions_path)
-    rows = [predictions[i] for i in pick_samples(predictions, samples)]
+    rows = pick_rows(predictions, samples)
     sha256 = {r["path"]: r["sha256"] for r in read_manifest(manifest_path)}
     missing = [r["path"] for r in rows if r["path"] not in sha256]
     if missing:
