@@ -11,10 +11,11 @@ shallowest depth that has one (`target_layer`). That is the last feature stage o
 torchvision family (resnet `layer4`, `features` of efficientnet, mobilenet and convnext); on
 inputs too small for it to keep 2 x 2 positions, an earlier stage or block.
 
-Implemented here with two hooks instead of the pytorch-grad-cam package (`grad-cam` on PyPI):
-its releases up to 1.5.4 require `opencv-python`, which installs a second `cv2` over our
-`opencv-python-headless`; it ships only as an sdist and pulls ttach, tqdm, scikit-learn and
-scipy; and its target layer is named by hand per architecture, which is the part needed here.
+Implemented here with a forward hook and `torch.autograd.grad` instead of the pytorch-grad-cam
+package (`grad-cam` on PyPI): its releases up to 1.5.4 require `opencv-python`, which installs
+a second `cv2` over our `opencv-python-headless` (1.5.7 requires the headless one); the
+releases checked (1.4.8, 1.5.4, 1.5.7) ship only as an sdist and pull ttach, tqdm, scikit-learn
+and scipy; and its target layer is named by hand per architecture, which is the part needed here.
 
 The figure shows test images as the model saw them (decoded from the originals and resized by
 the model file's rule, as plots.py does), each beside its heat map laid over it: up to half wrong
