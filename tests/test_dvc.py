@@ -167,6 +167,7 @@ def test_changed_image_reruns_its_chain_and_shows_in_metrics_diff(project):
         "train": 2,
         "evaluate": 2,
         "plots": 2,
+        "gradcam": 2,
         "compare": 1,
     }
     sh(clone, "dvc", "repro")  # runs the workflow (the data changed), then records the results

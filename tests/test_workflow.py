@@ -34,7 +34,7 @@ from cvpipe import stagecode
 from cvpipe.synth import draw_image
 
 pytestmark = pytest.mark.slow
-PLOTS = ("curves", "confusion", "samples", "per_class", "reliability")
+PLOTS = ("curves", "confusion", "samples", "per_class", "reliability", "gradcam")
 
 
 def test_pipeline_produces_every_result(tiny_run):
@@ -110,6 +110,7 @@ def test_plot_setting_reruns_only_figures(tiny_run_copy, tmp_path):
     configs = [*CONFIGS, overlay]
     assert without_all(planned_jobs(tiny_run_copy, configfiles=configs)) == {
         "plots": 2,
+        "gradcam": 2,
         "compare": 1,
     }
     model = tiny_run_copy / "results" / "resnet18" / "train" / "model.pt"
@@ -126,7 +127,8 @@ def test_new_image_reruns_everything_from_indexing(tiny_run_copy):
 
     cv2.imwrite(str(tiny_run_copy / "data" / "surface-defects" / "ok" / "new.png"), image)
     assert without_all(planned_jobs(tiny_run_copy)) == {
-        "index": 1, "preprocess": 2, "train": 2, "evaluate": 2, "plots": 2, "compare": 1,
+        "index": 1, "preprocess": 2, "train": 2, "evaluate": 2, "plots": 2,
+        "gradcam": 2, "compare": 1,
     }  # fmt: skip
 
 

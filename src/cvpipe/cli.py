@@ -233,6 +233,25 @@ def run_plots(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_gradcam(p: argparse.ArgumentParser) -> None:
+    """Grad-CAM heat maps of sample test predictions, right and wrong."""
+    from cvpipe.settings import Device
+
+    _required(p, "--model", "--predictions", "--manifest", "--data-root", "--out", "--title")
+    _required(p, "--num-samples", "--dpi", "--threads", type=int)
+    p.add_argument("--device", required=True, choices=typing.get_args(Device))
+
+
+def run_gradcam(a: argparse.Namespace) -> None:
+    from cvpipe.gradcam import make_gradcam
+
+    make_gradcam(
+        model_path=a.model, predictions_path=a.predictions, manifest_path=a.manifest,
+        data_root=a.data_root, out=a.out, title=a.title, samples=a.num_samples, dpi=a.dpi,
+        device=a.device, threads=a.threads,
+    )  # fmt: skip
+
+
 def add_compare(p: argparse.ArgumentParser) -> None:
     """Table and chart over experiments."""
     # One value per experiment in each list, in the same order (the rule passes its inputs).
@@ -443,9 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add, run in (
         (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
-        (add_plots, run_plots), (add_export, run_export), (add_compare, run_compare),
-        (add_config, run_config), (add_code, run_code), (add_gpus, run_gpus),
-        (add_bench, None),  # each benchmark sets its own function
+        (add_plots, run_plots), (add_gradcam, run_gradcam), (add_export, run_export),
+        (add_compare, run_compare), (add_config, run_config), (add_code, run_code),
+        (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
         # The subcommand's name and one-line help come from its `add_` function.
         help_text = (add.__doc__ or "").splitlines()[0].rstrip(".")
