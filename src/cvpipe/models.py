@@ -31,7 +31,7 @@ from cvpipe.modelnames import TESTED_MODELS, classification_models
 log = logging.getLogger(__name__)
 
 
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """Qualified name and module of the model's last Linear layer (its classifier)."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -41,7 +41,7 @@ def _head(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the last Linear layer for a freshly initialised one with `num_classes` outputs."""
-    name, old = _head(model)
+    name, old = classifier_head(model)
     if old.out_features == num_classes:
         return model
     parent_name, _, attr = name.rpartition(".")
@@ -50,7 +50,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _resolve_named_weights(model_name: str, weights: str) -> torchvision.models.WeightsEnum:
+def resolve_named_weights(model_name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """torchvision's weights entry for `DEFAULT`, a short name or a full name of the model's."""
     try:
         if "." in weights:
             return torchvision.models.get_weight(weights)
@@ -82,7 +83,8 @@ def _download_state_dict(w: torchvision.models.WeightsEnum) -> dict[str, torch.T
         ) from None
 
 
-def _load_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local file: a plain one, or the weights of a cvpipe model file."""
     if not path.is_file():
         raise CvpipeError(
             f"weights {str(path)!r} is neither `none`, a torchvision weights name, nor an "
@@ -100,7 +102,7 @@ def _load_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load everything except a head whose shape differs; anything else must match exactly."""
-    head_name, _ = _head(model)
+    head_name, _ = classifier_head(model)
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     bad = [k for k in skipped if not k.startswith(head_name + ".")]
@@ -132,10 +134,10 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     looks_like_path = weights.endswith((".pt", ".pth")) or "/" in weights
     if looks_like_path:
-        state, source = _load_local_state_dict(Path(weights)), weights
+        state, source = load_local_state_dict(Path(weights)), weights
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:
-        w = _resolve_named_weights(name, weights)
+        w = resolve_named_weights(name, weights)
         state, source = _download_state_dict(w), str(w)
         model = torchvision.models.get_model(
             name, weights=None, num_classes=len(w.meta["categories"])

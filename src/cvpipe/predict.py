@@ -125,8 +125,8 @@ def _onnx_predictor(model_path: Path) -> Predictor:
 
 def _head_size(model_name: str, weights_file: Path) -> int:
     """Number of classes of a state-dict file for `model_name`: its classifier's outputs."""
-    state = models._load_local_state_dict(weights_file)
-    head_name, _ = models._head(torchvision.models.get_model(model_name, weights=None))
+    state = models.load_local_state_dict(weights_file)
+    head_name, _ = models.classifier_head(torchvision.models.get_model(model_name, weights=None))
     head = state.get(f"{head_name}.weight")
     if head is None:
         raise CvpipeError(f"{weights_file} has no {head_name}.weight for {model_name}'s classifier")
@@ -139,9 +139,9 @@ def _torchvision_predictor(name: str, weights: str, device: torch.device) -> Pre
         num_classes = _head_size(name, Path(weights))
         model = models.build_model(name, num_classes, weights)
         classes = [str(i) for i in range(num_classes)]
-        transforms = models._resolve_named_weights(name, "DEFAULT").transforms()
+        transforms = models.resolve_named_weights(name, "DEFAULT").transforms()
     else:
-        w = models._resolve_named_weights(name, weights)
+        w = models.resolve_named_weights(name, weights)
         classes = list(w.meta["categories"])
         model = models.build_model(name, len(classes), weights)
         transforms = w.transforms()
