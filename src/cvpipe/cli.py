@@ -291,6 +291,31 @@ def run_compare(a: argparse.Namespace) -> None:
     )
 
 
+def add_model_card(p: argparse.ArgumentParser) -> None:
+    """Write an experiment's model card (Markdown, and HTML for the report)."""
+    p.add_argument("--experiment", required=True, help="the experiment's name, for the title")
+    _required(p, "--manifest", "--stats", "--provenance", "--metrics", "--history", metavar="PATH")
+    p.add_argument("--data-root", required=True, help="the data folder, as the card names it")
+    p.add_argument("--model-file", required=True, help="model.pt, as `How to predict` names it")
+    p.add_argument("--onnx-file", required=True, help="the ONNX export's path, likewise")
+    p.add_argument("--out", required=True, help="MODEL_CARD.md to write")
+    p.add_argument("--html", required=True, help="the same card as HTML, to write")
+
+
+def run_model_card(a: argparse.Namespace) -> None:
+    from cvpipe.modelcard import CardInputs, read_run, write_model_card
+
+    files = CardInputs(
+        manifest=a.manifest, stats=a.stats, provenance=a.provenance, metrics=a.metrics,
+        history=a.history,
+    )  # fmt: skip
+    run = read_run(
+        experiment=a.experiment, files=files, data_root=a.data_root, model_file=a.model_file,
+        onnx_file=a.onnx_file,
+    )  # fmt: skip
+    write_model_card(run, md_path=a.out, html_path=a.html)
+
+
 def add_config(p: argparse.ArgumentParser) -> None:
     """Print an experiment's resolved training settings (JSON for `cvpipe train --config`)."""
     p.add_argument("--experiment", required=True)
@@ -463,13 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
         (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
         (add_plots, run_plots), (add_gradcam, run_gradcam), (add_export, run_export),
-        (add_compare, run_compare), (add_config, run_config), (add_code, run_code),
+        (add_compare, run_compare), (add_model_card, run_model_card),
+        (add_config, run_config), (add_code, run_code),
         (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip
-        # The subcommand's name and one-line help come from its `add_` function.
+        # The subcommand's name and one-line help come from its `add_` function; `_` in the
+        # function's name is `-` in the command's (`add_model_card`: `cvpipe model-card`).
         help_text = (add.__doc__ or "").splitlines()[0].rstrip(".")
         command = sub.add_parser(
-            add.__name__.removeprefix("add_"), help=help_text[:1].lower() + help_text[1:]
+            add.__name__.removeprefix("add_").replace("_", "-"),
+            help=help_text[:1].lower() + help_text[1:],
         )
         add(command)
         if run is not None:
@@ -501,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command not in ("code", "config", "bench"):
-            log_code(args.command)
+            log_code(args.command.replace("-", "_"))  # the name of its add_/run_ pair
         args.func(args)
     except CvpipeError as exc:
         print(f"cvpipe {args.command}: error: {exc}", file=sys.stderr)
