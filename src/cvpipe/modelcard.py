@@ -160,22 +160,19 @@ class Run:
         return list(self.metrics["classes"])
 
 
-def _rerun_hint(path: str) -> str:
-    return f"{path}: run the workflow again (snakemake) so that the stage writing it reruns"
+RERUN = "run the workflow again (snakemake), which remakes what is missing or stale"
 
 
 def _read_json(path: str, keys: tuple[str, ...]) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CvpipeError(
-            f"{path} does not exist; the model card needs it ({_rerun_hint(path)})"
-        ) from None
+        raise CvpipeError(f"{path} does not exist; the model card needs it: {RERUN}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CvpipeError(f"{path} is not valid JSON ({exc}); {_rerun_hint(path)}") from None
+        raise CvpipeError(f"{path} is not valid JSON ({exc}): {RERUN}") from None
     missing = [key for key in keys if not isinstance(data, dict) or key not in data]
     if missing:
-        raise CvpipeError(f"{path} has no {', '.join(missing)}; {_rerun_hint(path)}")
+        raise CvpipeError(f"{path} has no {', '.join(missing)}: {RERUN}")
     return data
 
 
@@ -186,12 +183,12 @@ def _read_csv(path: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
             rows = list(reader)
             fields = reader.fieldnames or []
     except FileNotFoundError:
-        raise CvpipeError(
-            f"{path} does not exist; the model card needs it ({_rerun_hint(path)})"
-        ) from None
+        raise CvpipeError(f"{path} does not exist; the model card needs it: {RERUN}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CvpipeError(f"{path} is not a readable CSV file ({exc}): {RERUN}") from None
     missing = [c for c in columns if c not in fields]
     if missing:
-        raise CvpipeError(f"{path} has no column {', '.join(missing)}; {_rerun_hint(path)}")
+        raise CvpipeError(f"{path} has no column {', '.join(missing)}: {RERUN}")
     return rows
 
 
@@ -214,12 +211,12 @@ def _check_same_data(run: Run) -> None:
         if recorded != run.manifest_sha256:
             raise CvpipeError(
                 f"{path} records manifest sha256 {recorded}, but {run.files.manifest} hashes to "
-                f"{run.manifest_sha256}: the model was made from other data. " + _rerun_hint(path)
+                f"{run.manifest_sha256}: the model was made from other data; {RERUN}"
             )
     if list(run.stats["classes"]) != run.classes:
         raise CvpipeError(
             f"{run.files.metrics} names the classes {run.classes}, {run.files.stats} "
-            f"{run.stats['classes']}; {_rerun_hint(run.files.metrics)}"
+            f"{run.stats['classes']}: {RERUN}"
         )
 
 
