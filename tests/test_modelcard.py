@@ -69,9 +69,12 @@ def test_card_states_the_runs_own_numbers(tiny_run, experiment):
         assert re.search(rf"\| `{name}` \|.* \| {support} \|", section(card, "Test metrics"))
     assert f"| all | {len(rows) // 2} | {len(rows) // 4} | {len(rows) // 4} | {len(rows)} |" in card
 
-    # No calibration in this run's metrics.json: said so, not left out or invented.
-    assert "calibration" not in metrics
-    assert "not computed" in section(card, "Calibration")
+    calibration = metrics["calibration"]
+    shown = section(card, "Calibration")
+    assert f"T = {calibration['temperature']:.4f}" in shown
+    for key, name in (("ece", "(ECE)"), ("mce", "(MCE)"), ("nll", "(NLL)")):
+        before, after = calibration[key], calibration[f"{key}_scaled"]
+        assert f"{name} | {before:.4f} | {after:.4f} |" in shown
     assert f"cvpipe predict --model results/{experiment}/train/model.pt" in card
     assert f"snakemake results/{experiment}/export/model.onnx" in card
 
@@ -166,8 +169,10 @@ def write_card(folder: Path, monkeypatch, **paths: str) -> str:
 
 
 def test_card_from_hand_made_files(tmp_path, monkeypatch):
-    make_inputs(tmp_path, calibration={"temperature": 1.5, "ece": 0.12, "ece_scaled": 0.04,
-                                        "nll": 0.9, "nll_scaled": 0.7, "bins": [1, 2]})  # fmt: skip
+    calibration = {"temperature": 1.5, "n_bins": 15, "ece": 0.12, "ece_scaled": 0.04,
+                   "nll": 0.9, "nll_scaled": 0.7, "reliability": [{"count": 2}],
+                   "fit": {"images": 5}}  # fmt: skip
+    make_inputs(tmp_path, calibration=calibration)
     card = write_card(tmp_path, monkeypatch)
     assert "| initial weights | `DEFAULT` |" in card
     assert "ImageNet's per-channel mean and std" in card  # auto + pretrained weights
@@ -184,10 +189,11 @@ def test_card_from_hand_made_files(tmp_path, monkeypatch):
     assert "| container | `docker://example/cvpipe:1`, digest `sha256:abc` |" in card
     assert "| uncommitted changes | no |" in card
     calibration = section(card, "Calibration")
-    assert "Temperature: 1.5000." in calibration
+    assert "T = 1.5000, fitted on 5 validation images" in calibration
+    assert "over 15 equal-width confidence bins" in calibration
     assert "| expected calibration error (ECE) | 0.1200 | 0.0400 |" in calibration
     assert "| negative log-likelihood (NLL) | 0.9000 | 0.7000 |" in calibration
-    assert "bins" not in calibration and "not computed" not in calibration
+    assert "reliability" not in calibration and "not computed" not in calibration
     page = (tmp_path / "MODEL_CARD.html").read_text()
     assert "<h2>Calibration</h2>" in page and "<td>0.0400</td>" in page
 
@@ -199,12 +205,15 @@ def test_partial_calibration_and_no_sizes(tmp_path, monkeypatch):
     calibration = section(card, "Calibration")
     assert "| expected calibration error (ECE) | 0.2000 | n/a |" in calibration
     assert "| maximum calibration error (MCE) | n/a | 0.3000 |" in calibration
-    assert "Temperature" not in calibration
+    assert "T =" not in calibration
     assert "stored sizes" not in card and "formats: PNG" in card
 
 
-def test_empty_calibration_is_not_computed(tmp_path, monkeypatch):
-    make_inputs(tmp_path, calibration={})
+@pytest.mark.parametrize("calibration", [None, {}])
+def test_no_calibration_is_not_computed(tmp_path, monkeypatch, calibration):
+    """A metrics.json without (or with an empty) calibration section, as before calibration
+    existed: the section says so instead of vanishing."""
+    make_inputs(tmp_path, calibration=calibration)
     card = write_card(tmp_path, monkeypatch)
     assert "Calibration was not computed" in section(card, "Calibration")
 

@@ -408,7 +408,12 @@ def metrics_section(run: Run) -> list[Block]:
     ]  # fmt: skip
     intro = (
         f"On the {fmt(m.get('num_samples'))} images of the test split, which neither training "
-        f"nor the choice of epoch saw (`{run.files.metrics}`):"
+        f"nor the choice of epoch saw (`{run.files.metrics}`)"
+        + (
+            ", log loss and ROC-AUC of the temperature-scaled probabilities:"
+            if "calibration" in m
+            else ":"
+        )
     )
     return [
         Heading("Test metrics"),
@@ -425,15 +430,33 @@ CALIBRATION_NAMES = {
 }
 
 
+def _calibration_notes(calibration: dict) -> list[Block]:
+    """The temperature (and what it was fitted on) and the bins, where recorded."""
+    notes = []
+    if "temperature" in calibration:
+        fit = calibration.get("fit")
+        images = fit.get("images") if isinstance(fit, dict) else None
+        fitted = f", fitted on {images} validation images" if images else ""
+        notes.append(
+            f"Temperature T = {fmt(calibration['temperature'])}{fitted}: the probabilities "
+            "the model reports are softmax(logits / T)."
+        )
+    if isinstance(calibration.get("n_bins"), int):
+        notes.append(f"ECE and MCE over {calibration['n_bins']} equal-width confidence bins.")
+    return [Paragraph(" ".join(notes))] if notes else []
+
+
 def calibration_section(run: Run) -> list[Block]:
-    """Whatever scalar numbers `metrics.json`'s `calibration` holds; `X_scaled` beside `X`."""
+    """Whatever numbers `metrics.json`'s `calibration` holds; `X_scaled` beside `X`."""
     found = run.metrics.get("calibration")
+    calibration = found if isinstance(found, dict) else {}
     scalars = {
         key: value
-        for key, value in (found.items() if isinstance(found, dict) else [])
-        if isinstance(value, (int, float)) or value is None
+        for key, value in calibration.items()
+        if key not in ("temperature", "n_bins")
+        and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))
     }
-    if not scalars:
+    if not calibration:
         return [
             Heading("Calibration"),
             Paragraph(
@@ -442,21 +465,19 @@ def calibration_section(run: Run) -> list[Block]:
                 "unknown. Treat them as scores for ranking, not as chances."
             ),
         ]
-    blocks: list[Block] = [Heading("Calibration")]
-    if "temperature" in scalars:
-        blocks.append(Paragraph(f"Temperature: {fmt(scalars.pop('temperature'))}."))
     bases = dict.fromkeys(key.removesuffix("_scaled") for key in scalars)
     rows = [
-        [
-            CALIBRATION_NAMES.get(key, f"`{key}`"),
-            fmt(scalars.get(key)),
-            fmt(scalars.get(f"{key}_scaled")),
-        ]
-        for key in bases
+        [CALIBRATION_NAMES.get(k, f"`{k}`"), fmt(scalars.get(k)), fmt(scalars.get(f"{k}_scaled"))]
+        for k in bases
     ]
-    if rows:
-        blocks.append(Table(["quantity", "as trained", "with temperature scaling"], rows))
-    return blocks
+    intro = Paragraph(f"On the test split (`calibration` in `{run.files.metrics}`):")
+    table = Table(["quantity", "as trained", "with temperature scaling"], rows)
+    return [
+        Heading("Calibration"),
+        intro,
+        *_calibration_notes(calibration),
+        *([table] * bool(rows)),
+    ]
 
 
 def _range(counts: list[int]) -> str:
