@@ -527,15 +527,18 @@ def limits_section(run: Run) -> list[Block]:
 def predict_section(run: Run) -> list[Block]:
     return [
         Heading("How to predict"),
-        Paragraph("With cvpipe installed, for a folder of images `photos/`:"),
+        Paragraph(
+            "With cvpipe installed, for a folder of images `photos/` (every image gets one of "
+            "the classes above, with the probability of each):"
+        ),
         Code(f"cvpipe predict --model {run.model_file} --out predictions.csv photos/"),
         Paragraph(
-            f"For other runtimes, the same model as ONNX (`{run.onnx_file}`), built by the "
-            "workflow on request:"
+            f"The same model as ONNX (`{run.onnx_file}`, with `model.json` beside it), which "
+            "the workflow builds on request and `cvpipe predict --model` accepts too:"
         ),
         Code(f"snakemake {run.onnx_file}"),
         Paragraph(
-            "Outside cvpipe, prepare each image as in the Model section (size, resize, "
+            "In another ONNX runtime, prepare each image as in the Model section (size, resize, "
             "normalisation, RGB channel order) and read the outputs in the class order listed "
             "there."
         ),
