@@ -14,7 +14,7 @@ from helpers import copy_repo, planned_jobs, snakemake
 pytestmark = pytest.mark.slow
 
 # Grad-CAM loads the model through evaluate.load_model: evaluate changes rerun it too.
-EVALUATE_ONWARD = {"evaluate": 2, "plots": 2, "gradcam": 2, "compare": 1}
+EVALUATE_ONWARD = {"evaluate": 2, "plots": 2, "gradcam": 2, "compare": 1, "model_card": 2}
 TRAIN_ONWARD = {"train": 2, **EVALUATE_ONWARD}
 REAL_CHANGE = "\n\n_CODE_VERSION = 2  # a real change: one more statement\n"
 

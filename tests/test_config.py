@@ -260,10 +260,11 @@ def test_every_option_a_rule_passes_is_required():
     options = rule_options()
     assert set(options) == {
         "synth", "index", "preprocess", "train", "evaluate", "plots", "compare", "gpus",
-        "export", "predict",
+        "export", "predict", "gradcam", "model_card",
     }  # fmt: skip
     for command, passed in options.items():
-        actions = {o: a for a in sub.choices[command]._actions for o in a.option_strings}
+        parser = sub.choices[command.replace("_", "-")]  # rule model_card: `cvpipe model-card`
+        actions = {o: a for a in parser._actions for o in a.option_strings}
         assert passed <= set(actions), (command, passed - set(actions))
         if command == "predict":  # also typed by hand: its defaults are for people; the rule
             continue  # passes every option that a config key sets

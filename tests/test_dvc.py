@@ -169,6 +169,7 @@ def test_changed_image_reruns_its_chain_and_shows_in_metrics_diff(project):
         "plots": 2,
         "gradcam": 2,
         "compare": 1,
+        "model_card": 2,
     }
     sh(clone, "dvc", "repro")  # runs the workflow (the data changed), then records the results
     sh(clone, "git", "commit", "-qam", "retrain on the fixed data")

@@ -58,7 +58,8 @@ def test_every_subcommand_has_its_add_and_run_functions():
     import cvpipe.cli as cli
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name in sub.choices:
+    for command in sub.choices:
+        name = command.replace("-", "_")  # `cvpipe model-card`: add_model_card, run_model_card
         assert callable(getattr(cli, f"add_{name}")), name
         assert any(f.startswith(f"run_{name}") for f in dir(cli)), name
         assert hashes(PACKAGE, name)[f"cli[{name}]"]
@@ -150,7 +151,8 @@ def test_same_code_same_fingerprint_on_every_python():
     script = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from cvpipe import stagecode; "
         "print(json.dumps({s: stagecode.stage_hashes([s]) for s in "
-        "('synth', 'index', 'preprocess', 'train', 'evaluate', 'plots', 'compare')}))"
+        "('synth', 'index', 'preprocess', 'train', 'evaluate', 'plots', 'compare', "
+        "'model_card')}))"
     )
     results = {}
     for python, env in [(sys.executable, dict(os.environ)), *pythons]:

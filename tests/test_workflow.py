@@ -128,7 +128,7 @@ def test_new_image_reruns_everything_from_indexing(tiny_run_copy):
     cv2.imwrite(str(tiny_run_copy / "data" / "surface-defects" / "ok" / "new.png"), image)
     assert without_all(planned_jobs(tiny_run_copy)) == {
         "index": 1, "preprocess": 2, "train": 2, "evaluate": 2, "plots": 2,
-        "gradcam": 2, "compare": 1,
+        "gradcam": 2, "compare": 1, "model_card": 2,
     }  # fmt: skip
 
 
