@@ -16,9 +16,9 @@ from cvpipe.gradcam import grad_cam, pick_rows, target_layer
 from cvpipe.models import build_model
 from cvpipe.synth import draw_image
 
-# The blob test's images: resnet18's layer4 keeps 3 x 3 positions at 96 px. At 48 px it keeps
-# 2 x 2, each seeing the whole image, and after seconds of training its maps barely localised
-# (the peak missed the quadrant for some seeds); at 96 px it hit it for every seed tried.
+# The blob test's images: at 96 px Grad-CAM reads resnet18's layer3 (6 x 6 positions; layer4
+# would keep 3 x 3). Smaller images leave coarser maps that, after seconds of training, barely
+# localised (the peak missed the quadrant for some seeds).
 SIZE = 96
 RADIUS = 6  # of the test image's blob; the training blobs have radius 5..8
 EPOCHS = 8
@@ -37,10 +37,10 @@ def test_target_layer_is_the_last_feature_stage_and_the_model_is_left_as_it_was(
     torch.manual_seed(0)
     model = build_model(name, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    layer_name, layer = target_layer(model, 64)
+    layer_name, layer = target_layer(model, 128)
     assert layer_name == expected and layer is model.get_submodule(expected)
-    cams = grad_cam(model, torch.randn(2, 3, 64, 64), [0, 2], layer)
-    assert cams.shape == (2, 64, 64) and np.isfinite(cams).all()
+    cams = grad_cam(model, torch.randn(2, 3, 128, 128), [0, 2], layer)
+    assert cams.shape == (2, 128, 128) and np.isfinite(cams).all()
     assert cams.min() >= 0 and cams.max() <= 1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -51,7 +51,8 @@ def test_target_layer_is_the_last_feature_stage_and_the_model_is_left_as_it_was(
 
 def test_target_layer_falls_back_to_an_earlier_stage_on_small_images():
     model = build_model("resnet18", 2)
-    assert target_layer(model, 32)[0] == "layer3"  # layer4 would be 1 x 1 there
+    assert target_layer(model, 64)[0] == "layer3"  # layer4 would be 2 x 2 there
+    assert target_layer(model, 32)[0] == "layer2"  # layer3 would be 2 x 2 there
 
 
 def with_blob(image: np.ndarray, x: float, y: float, radius: int) -> np.ndarray:

@@ -6,10 +6,12 @@ gradient of the class score with respect to A_k; the map is relu(sum_k w_k A_k),
 the input size and scaled to 0..1. The map shown is the predicted class's.
 
 The target layer is found, not configured: the last module (in the order forward calls finish)
-whose output is 4-D with at least 2 x 2 positions at the model's input size, taken at the
-shallowest depth that has one (`target_layer`). That is the last feature stage of every
-torchvision family (resnet `layer4`, `features` of efficientnet, mobilenet and convnext); on
-inputs too small for it to keep 2 x 2 positions, an earlier stage or block.
+whose output is 4-D with at least `MIN_POSITIONS` x `MIN_POSITIONS` positions at the model's
+input size, taken at the shallowest depth that has one (`target_layer`). From 128 px up that is
+the last feature stage of every torchvision family (resnet `layer4`, `features` of efficientnet,
+mobilenet and convnext); on smaller inputs, an earlier stage or block. A 2 x 2 map can only name
+a quadrant, and each of its cells sees the whole image: on the built-in 64 px images resnet18's
+`layer4` lit up the same corner whatever the defect, `layer3` (4 x 4) sat on the defects.
 
 Implemented here with a forward hook and `torch.autograd.grad` instead of the pytorch-grad-cam
 package (`grad-cam` on PyPI): its releases up to 1.5.4 require `opencv-python`, which installs
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # How strongly the heat map covers the image in the overlay, and its colours.
 ALPHA = 0.45
+# Fewest positions per side of the map Grad-CAM reads (see the module docstring).
+MIN_POSITIONS = 4
 COLORMAP = "jet"
 
 
@@ -75,7 +79,8 @@ def _last_outputs(model: nn.Module, image_size: int) -> dict[nn.Module, tuple[in
 
 def target_layer(model: nn.Module, image_size: int) -> tuple[str, nn.Module]:
     """Name and module of the layer Grad-CAM reads: among the model's children, the last one
-    (in forward order) whose output is 4-D with at least 2 x 2 positions at `image_size`. If
+    (in forward order) whose output is 4-D with at least `MIN_POSITIONS` positions a side at
+    `image_size`. If
     none is, the search goes down into the last child with a 4-D output (whose map shrank too
     far), so it ends at a stage or block, never at a layer inside one."""
     shapes = _last_outputs(model, image_size)
@@ -86,13 +91,14 @@ def target_layer(model: nn.Module, image_size: int) -> tuple[str, nn.Module]:
             ((n, m) for n, m in parent.named_children() if m in shapes), key=lambda c: order[c[1]]
         )
         maps = [(n, m) for n, m in children if len(shapes[m]) == 4]
-        found = [(n, m) for n, m in maps if min(shapes[m][2:]) >= 2]
+        found = [(n, m) for n, m in maps if min(shapes[m][2:]) >= MIN_POSITIONS]
         if found:
             return prefix + found[-1][0], found[-1][1]
         inner = [(n, m) for n, m in maps if any(True for _ in m.children())]
         if not inner:
             raise CvpipeError(
-                f"{type(model).__name__} keeps no 2 x 2 feature map at {image_size} px, so "
+                f"{type(model).__name__} keeps no {MIN_POSITIONS} x {MIN_POSITIONS} feature map "
+                f"at {image_size} px, so "
                 "Grad-CAM has nothing to localise: train at a larger image_size."
             )
         prefix, parent = prefix + inner[-1][0] + ".", inner[-1][1]
@@ -192,7 +198,7 @@ def plot_gradcam(
             color="tab:green" if ok else "tab:red",
         )
     fig.suptitle(f"{title}: Grad-CAM of the predicted class (red = wrong)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
     return fig
 
 
