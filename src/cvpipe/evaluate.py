@@ -25,6 +25,7 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def logits_function(
+    model: torch.nn.Module, saved: dict, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 N x S x S x 3 batch -> float32 logits on the CPU, as the model was trained: its
+    mean and std, channels-last and autocast settings (`saved` is the model file)."""
+    mean = torch.tensor(saved["mean"], device=device)
+    std = torch.tensor(saved["std"], device=device)
+    channels_last = saved["config"].get("channels_last", False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = runtime.autocast_factory(
+        device, runtime.amp_dtype(saved["config"].get("amp", "off"), device)
+    )
+
+    @torch.no_grad()
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
+        with autocast():
+            return model(x).float().cpu()
+
+    return logits
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, saved: dict, split: CacheSplit, device: torch.device, batch_size: int
@@ -73,20 +97,8 @@ def predict(
     The first batch is not timed (CUDA context, cuDNN autotuning, allocator warm-up); the rest
     of the pass is, and repeat passes (results unused) until `MIN_TIMED_IMAGES` were timed.
     """
-    mean = torch.tensor(saved["mean"], device=device)
-    std = torch.tensor(saved["std"], device=device)
-    channels_last = saved["config"].get("channels_last", False)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    autocast = runtime.autocast_factory(
-        device, runtime.amp_dtype(saved["config"].get("amp", "off"), device)
-    )
+    infer = logits_function(model, saved, device)
     loader = build_loader(split, batch_size, train=False, pin_memory=device.type == "cuda")
-
-    def infer(images: torch.Tensor) -> torch.Tensor:
-        x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
-        with autocast():
-            return model(x).float().cpu()
 
     logits, labels = [], []
     timed_images, seconds = 0, 0.0

@@ -45,11 +45,10 @@ import torchvision
 from tqdm import tqdm
 
 from cvpipe import atomic, calibration, datatree, models, runtime
-from cvpipe.augment import eval_transform
 from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
-from cvpipe.evaluate import load_model, stored_temperature
+from cvpipe.evaluate import load_model, logits_function, stored_temperature
 from cvpipe.index import BAD_FIELDS
 from cvpipe.preprocess import resize_square
 
@@ -78,21 +77,10 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
         )
     size, mode = saved["image_size"], saved["resize"]
     temperature = stored_temperature(saved, model_path)
-    mean = torch.tensor(saved["mean"], device=device)
-    std = torch.tensor(saved["std"], device=device)
-    channels_last = saved["config"].get("channels_last", False)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    autocast = runtime.autocast_factory(
-        device, runtime.amp_dtype(saved["config"].get("amp", "off"), device)
-    )
+    logits = logits_function(model, saved, device)
 
-    @torch.no_grad()
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        x = eval_transform(torch.from_numpy(batch).to(device), mean, std, channels_last)
-        with autocast():
-            logits = model(x).float()
-        return calibration.softmax(logits.cpu().numpy(), temperature)
+        return calibration.softmax(logits(torch.from_numpy(batch)).numpy(), temperature)
 
     return Predictor(
         list(saved["classes"]), lambda im: resize_square(im, size, mode), probabilities
