@@ -6,9 +6,16 @@
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh
 #
+# The evaluate stage's calibration error needs torchmetrics (pure Python). A machine without it
+# and without internet gets it from wheels made here and carried along (`.gpu-wheels` is
+# git-ignored; the device tool's `carry`):
+#
+#   pip download --no-deps -d .gpu-wheels torchmetrics==1.9.0 lightning-utilities==0.15.3
+#
 # 1. correctness: `pytest -m gpu` (AMP bf16/fp16, channels_last, compile through train(),
 #    2-process NCCL DDP vs 1 process when 2+ GPUs are visible, resume on the GPU, the GPU-id
-#    allocator on real devices, evaluation on the GPU, deterministic mode);
+#    allocator on real devices, evaluation on the GPU, deterministic mode, predict and Grad-CAM
+#    on the GPU against the CPU);
 # 2. throughput: `cvpipe bench train` at 224 px, (a) pipeline loader vs (b) on-device batch,
 #    bf16 vs fp32, eager vs compiled, ResNet-50 and ResNet-18.
 # Exits non-zero when any check failed; the throughput table is written either way.
@@ -31,9 +38,13 @@ check() {  # check NAME COMMAND...: run, log to $OUT/NAME.txt, record PASS/FAIL
     fi
 }
 
-if ! python3 -c "import torch, torchvision, cv2, tensorboard, pytest" 2>"$OUT/imports.txt"; then
+if ! python3 -c "import torchmetrics" 2>/dev/null && [ -d .gpu-wheels ]; then
+    python3 -m pip install --quiet --no-deps --no-index --target "$OUT/site" .gpu-wheels/*.whl
+    export PYTHONPATH="src:$OUT/site"
+fi
+if ! python3 -c "import torch, torchvision, cv2, tensorboard, pytest, torchmetrics" 2>"$OUT/imports.txt"; then
     cat "$OUT/imports.txt"
-    echo "gpu_checks.sh needs torch, torchvision, opencv, tensorboard and pytest in python3" >&2
+    echo "gpu_checks.sh needs torch, torchvision, opencv, tensorboard, pytest and torchmetrics in python3" >&2
     exit 2
 fi
 check environment bash -c 'nvidia-smi && python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"'

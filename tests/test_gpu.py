@@ -1,4 +1,5 @@
-"""Checks that need a real CUDA device: AMP, channels-last, compile, NCCL DDP and resume.
+"""Checks that need a real CUDA device: AMP, channels-last, compile, NCCL DDP, resume, and
+predict and Grad-CAM on the GPU.
 
 Skipped, with the reason shown, where no GPU is visible (`pytest -m gpu` lists them); on a GPU
 machine a failed check fails the test. The same checks on the CPU live in test_train.py,
@@ -106,3 +107,28 @@ def test_resume_on_gpu_then_moving_to_the_cpu_starts_over(
     assert "it was trained on cuda with amp" in caplog.text
     assert "this run is on cpu with amp off" in caplog.text
     assert checkpoint.load(last)["identity"]["runtime"]["device_type"] == "cpu"
+
+
+def test_predict_and_gradcam_on_cuda_agree_with_the_cpu(tiny_cache, tmp_path):
+    """After training: a GPU-trained model predicts the same probabilities on the GPU (its AMP
+    setting, channels-last) as on the CPU, and its Grad-CAM maps agree."""
+    import numpy as np
+
+    from cvpipe.evaluate import load_model
+    from cvpipe.gradcam import grad_cam, target_layer
+    from cvpipe.predict import load_predictor, run_batches
+
+    run(tiny_cache / "cache", tmp_path, gpus=1, epochs=1)
+    files = sorted((tiny_cache / "data").rglob("*.png"))
+    probs, cams = {}, {}
+    x = torch.randn(2, 3, 32, 32)
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        predictor = load_predictor(str(tmp_path / "model.pt"), None, device)
+        _, probs[device.type], bad = run_batches(predictor, files, 16, 2, stop_on_bad=True)
+        assert not bad
+        model, _ = load_model(tmp_path / "model.pt", device)
+        _, layer = target_layer(model, 32)
+        cams[device.type] = grad_cam(model, x.to(device), [0, 1], layer)
+    assert probs["cuda"].shape == (len(files), 4)
+    np.testing.assert_allclose(probs["cuda"], probs["cpu"], atol=5e-2)  # bf16 autocast
+    np.testing.assert_allclose(cams["cuda"], cams["cpu"], atol=2e-2)  # TF32 convolutions
