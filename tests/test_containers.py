@@ -169,7 +169,9 @@ def test_jobs_in_the_container_run_the_checkouts_code(tmp_path):
     )  # fmt: skip
 
     calls = log.read_text().splitlines()
-    assert sum(c.startswith("apptainer exec ") for c in calls) == 11  # every job but `all`
+    # Every job but `all`: synth, index, compare, and per experiment preprocess, train,
+    # evaluate, plots, gradcam and model_card.
+    assert sum(c.startswith("apptainer exec ") for c in calls) == 3 + 2 * 6
     assert all(".snakemake/singularity/" in c for c in calls if c.startswith("apptainer exec"))
     assert any(c.startswith("apptainer pull --name ") and c.endswith(IMAGE) for c in calls)
     assert f"bind {repo}:{repo}:ro" in calls  # the checkout lies outside the working directory

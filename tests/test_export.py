@@ -111,7 +111,7 @@ def test_sidecar_describes_the_model(run, out):
     assert info["mean"] == pytest.approx(saved["mean"]) and info["std"] == pytest.approx(
         saved["std"]
     )
-    assert info["temperature"] == 1.0  # model.pt without a temperature
+    assert info["temperature"] == saved["temperature"] > 0  # fitted at the end of training
     assert info["source"]["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert info["torch"] == torch.__version__  # model.pt2 needs this PyTorch or newer
     # The names and shapes it states are the ONNX file's.

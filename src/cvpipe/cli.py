@@ -387,13 +387,22 @@ def run_gpus(a: argparse.Namespace) -> None:
 
 def add_bench(p: argparse.ArgumentParser) -> None:
     """Benchmarks."""
-    from cvpipe.settings import TRAIN_DEFAULTS, Amp, Device
-
     # Settings that training has too default to training's (the schema's); the rest are the
     # benchmark's own: its data (larger originals, so decoding costs what it would), workers,
     # passes and steps.
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    b = bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s")
+    add_bench_loader(bench.add_parser("loader", help="cache loader vs ImageFolder + PIL, images/s"))
+    add_bench_train(
+        bench.add_parser("train", help="training images/s: pipeline loader vs on-device tensors")
+    )
+    add_bench_predict(
+        bench.add_parser("predict", help="cvpipe predict on files vs evaluate on the cache, img/s")
+    )
+
+
+def add_bench_loader(b: argparse.ArgumentParser) -> None:
+    from cvpipe.settings import TRAIN_DEFAULTS
+
     b.add_argument(
         "--data-root", help="ImageFolder tree (default: draw the built-in set in a temp dir)"
     )
@@ -413,7 +422,10 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     b.add_argument("--threads", type=int, help="torch threads (default: as many as cores)")
     b.set_defaults(func=run_bench_loader)
 
-    b = bench.add_parser("train", help="training images/s: pipeline loader vs on-device tensors")
+
+def add_bench_train(b: argparse.ArgumentParser) -> None:
+    from cvpipe.settings import TRAIN_DEFAULTS, Amp, Device
+
     b.add_argument("--models", default="resnet50,resnet18", help="comma-separated model names")
     b.add_argument("--data-root", help="ImageFolder tree (default: draw the built-in set)")
     b.add_argument("--images-per-class", type=int, default=250)
@@ -437,7 +449,10 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=run_bench_train)
 
-    b = bench.add_parser("predict", help="cvpipe predict on files vs evaluate on the cache, img/s")
+
+def add_bench_predict(b: argparse.ArgumentParser) -> None:
+    from cvpipe.settings import TRAIN_DEFAULTS
+
     b.add_argument("--model", default=TRAIN_DEFAULTS["model"], help="untrained, of this name")
     b.add_argument("--model-file", help="a trained model.pt instead (its image size is used)")
     b.add_argument("--data-root", help="ImageFolder tree (default: draw the built-in set)")
