@@ -142,6 +142,11 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()  # fmt: skip
 
 
+# Every job but `all`: synth, index, compare, and per experiment preprocess, train, evaluate,
+# plots, gradcam and model_card.
+JOBS = 3 + 2 * 6
+
+
 @pytest.mark.slow
 def test_jobs_in_the_container_run_the_checkouts_code(tmp_path):
     """A real run under --sdm apptainer, the shim standing in for the container: every job
@@ -169,14 +174,12 @@ def test_jobs_in_the_container_run_the_checkouts_code(tmp_path):
     )  # fmt: skip
 
     calls = log.read_text().splitlines()
-    # Every job but `all`: synth, index, compare, and per experiment preprocess, train,
-    # evaluate, plots, gradcam and model_card.
-    assert sum(c.startswith("apptainer exec ") for c in calls) == 3 + 2 * 6
+    assert sum(c.startswith("apptainer exec ") for c in calls) == JOBS
     assert all(".snakemake/singularity/" in c for c in calls if c.startswith("apptainer exec"))
     assert any(c.startswith("apptainer pull --name ") and c.endswith(IMAGE) for c in calls)
     assert f"bind {repo}:{repo}:ro" in calls  # the checkout lies outside the working directory
     job_logs = sorted((workdir / "results" / "logs").rglob("*.log"))
-    assert len(job_logs) == 11
+    assert len(job_logs) == JOBS
     src = repo / "src" / "cvpipe"
     for job_log in job_logs:
         text = job_log.read_text()
