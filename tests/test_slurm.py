@@ -90,8 +90,11 @@ def test_pipeline_runs_as_slurm_jobs_and_matches_a_local_run(cluster, profile, t
     for job in jobs:
         per_rule[rule_of(job)] = per_rule.get(rule_of(job), 0) + 1
         assert job["JobState"] == "COMPLETED", job
-    # Every non-local rule ran as a SLURM job; plots and compare are local rules.
-    assert per_rule == {"synth": 1, "index": 1, "preprocess": 2, "train": 3, "evaluate": 3}
+    # Every non-local rule ran as a SLURM job (Grad-CAM on a node's CPU); plots, model_card and
+    # compare are local rules.
+    assert per_rule == {
+        "synth": 1, "index": 1, "preprocess": 2, "train": 3, "evaluate": 3, "gradcam": 3,
+    }  # fmt: skip
     finished = cluster.jobcomp.read_text()
     assert all(f"JobId={j['JobId']} " in finished for j in jobs)
     for exp in ("resnet18", "resnet18_48px"):
