@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from cvpipe import atomic, datatree
 from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
 from cvpipe.errors import CvpipeError
@@ -53,22 +55,31 @@ class Checked:
     problem: str = ""
 
 
-def check_file(root: Path, class_name: str, path: Path) -> Checked:
-    """Read, hash and decode one file; never raises for a bad image."""
-    rel = path.relative_to(root).as_posix()
+def read_image(path: Path) -> tuple[bytes, np.ndarray, np.ndarray] | str:
+    """The file's bytes, its image as stored and as H x W x 3 uint8 RGB; or, for a bad file,
+    why (the index's rules, which `cvpipe predict` applies to its inputs too)."""
     problem = datatree.unreadable(path)
     if problem:
-        return Checked(class_name, rel, problem=problem)
+        return problem
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return Checked(class_name, rel, problem=f"unreadable: {exc.strerror or exc}")
+        return f"unreadable: {exc.strerror or exc}"
     try:
         image = decode(data)
         check_stream(data)  # corruption that OpenCV decodes silently
-        to_rgb8(image)  # the conversion preprocessing will apply must succeed too
+        return data, image, to_rgb8(image)  # the conversion preprocessing applies must work
     except BadImage as exc:
-        return Checked(class_name, rel, problem=str(exc))
+        return str(exc)
+
+
+def check_file(root: Path, class_name: str, path: Path) -> Checked:
+    """Read, hash and decode one file; never raises for a bad image."""
+    rel = path.relative_to(root).as_posix()
+    read = read_image(path)
+    if isinstance(read, str):
+        return Checked(class_name, rel, problem=read)
+    data, image, _ = read
     channels = 1 if image.ndim == 2 else image.shape[2]
     return Checked(
         class_name,

@@ -123,6 +123,11 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
         log.info("loaded %s; the head %r starts fresh for the new classes", source, head_name)
 
 
+def is_weights_file(weights: str) -> bool:
+    """Whether `weights` names a local file rather than torchvision weights."""
+    return weights.endswith((".pt", ".pth")) or "/" in weights or Path(weights).is_file()
+
+
 def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module:
     """A torchvision classification model with a `num_classes` head (see module docstring)."""
     if name not in classification_models():
@@ -132,8 +137,7 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
         )
     if weights == "none":
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    looks_like_path = weights.endswith((".pt", ".pth")) or "/" in weights
-    if looks_like_path:
+    if is_weights_file(weights):
         state, source = load_local_state_dict(Path(weights)), weights
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     else:

@@ -44,12 +44,10 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from cvpipe import atomic, calibration, datatree, models, runtime
-from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
+from cvpipe import atomic, calibration, datatree, index, models, runtime
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model, logits_function, stored_temperature
-from cvpipe.index import BAD_FIELDS
 from cvpipe.preprocess import resize_square
 
 log = logging.getLogger(__name__)
@@ -123,7 +121,7 @@ def _head_size(model_name: str, weights_file: Path) -> int:
 
 def _torchvision_predictor(name: str, weights: str, device: torch.device) -> Predictor:
     """A torchvision model with named weights (their classes and preprocessing) or a file."""
-    if weights.endswith((".pt", ".pth")) or "/" in weights or os.path.isfile(weights):
+    if models.is_weights_file(weights):
         num_classes = _head_size(name, Path(weights))
         model = models.build_model(name, num_classes, weights)
         classes = [str(i) for i in range(num_classes)]
@@ -191,19 +189,8 @@ def input_files(inputs: Sequence[str]) -> list[Path]:
 
 def read_image(path: Path) -> np.ndarray | str:
     """The file as H x W x 3 uint8 RGB, or why it is bad (by the index's rules)."""
-    problem = datatree.unreadable(path)
-    if problem:
-        return problem
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
-    try:
-        image = decode(data)
-        check_stream(data)  # corruption that OpenCV decodes silently
-        return to_rgb8(image)
-    except BadImage as exc:
-        return str(exc)
+    read = index.read_image(path)
+    return read if isinstance(read, str) else read[2]
 
 
 def _batches(
@@ -296,7 +283,7 @@ def predict(
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if bad_out is not None:
-        atomic.write_csv(bad_out, BAD_FIELDS, [{"path": p, "reason": r} for p, r in bad])
+        atomic.write_csv(bad_out, index.BAD_FIELDS, [{"path": p, "reason": r} for p, r in bad])
     if out is None:
         sys.stdout.write(text)
     else:
