@@ -36,9 +36,10 @@ def test_schema_matches_the_code():
     schema = yaml.safe_load(SCHEMA.read_text())
     train_keys = set(schema["$defs"]["train"]["properties"])
     assert train_keys == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(schema["$defs"]["augment"]["properties"]) == {
-        f.name for f in dataclasses.fields(AugmentPolicy)
-    }
+    policy_keys = {f.name for f in dataclasses.fields(AugmentPolicy)}
+    assert set(schema["$defs"]["augment"]["properties"]) == policy_keys | {"preset"}
+    for name in typing.get_args(settings.Preset):
+        assert set(settings.PRESETS[name]) == policy_keys, name
     assert set(load_config()["train"]) == train_keys  # config.yaml documents every key
 
 
@@ -48,8 +49,44 @@ def test_experiment_overrides_merge_nested_keys():
     merged = experiment_config(config, "x")
     assert merged["lr"] == 0.1
     assert merged["augment"]["rotate"] == 30
-    assert merged["augment"]["hflip"] is True  # untouched keys keep the default
-    assert config["train"]["augment"]["rotate"] == 0  # the defaults are not modified
+    assert merged["augment"]["hflip"] is None  # untouched keys keep the default (the preset's)
+    assert config["train"]["augment"]["rotate"] is None  # the defaults are not modified
+
+
+def resolved_preset(config: dict, name: str) -> str:
+    """The augmentation preset experiment `name` trains with, as the workflow resolves it."""
+    return TrainConfig.from_dict(experiment_config(config, name)).augment["preset"]
+
+
+def test_own_data_gets_the_natural_preset_the_built_in_set_surface(tmp_path):
+    """synth.train (surface) applies only while data.root is the built-in set; an
+    experiment's own preset wins over both."""
+    config = load_config()
+    config["experiments"] = {"plain": {}, "own": {"augment": {"preset": "natural"}}}
+    assert resolved_preset(config, "plain") == "surface"
+    assert resolved_preset(config, "own") == "natural"
+    assert TrainConfig.from_dict(experiment_config(config, "plain")).policy().rot90 is True
+    config["data"]["root"] = str(tmp_path)
+    assert resolved_preset(config, "plain") == "natural"
+    config["experiments"]["own"] = {"augment": {"preset": "surface"}}
+    assert resolved_preset(config, "own") == "surface"
+    policy = TrainConfig.from_dict(experiment_config(config, "plain")).policy()
+    assert policy.random_resized_crop and not policy.vflip and not policy.rot90
+
+
+def test_cache_size_auto_follows_the_crop(tmp_path):
+    """auto: a larger cache (image_size / 0.875) for random resized crops, image_size for the
+    surface preset and for letterboxed images; an explicit size wins."""
+    from cvpipe.settings import cache_side
+
+    natural = {"image_size": 224, "augment": {"preset": "natural"}}
+    assert cache_side(natural, "crop") == 256
+    assert cache_side(natural, "letterbox") == 224
+    assert cache_side({"image_size": 224, "augment": {"preset": "surface"}}, "crop") == 224
+    assert cache_side({**natural, "cache_size": 240}, "crop") == 240
+    no_crop = {"image_size": 64, "augment": {"random_resized_crop": False}}
+    assert cache_side(no_crop, "crop") == 64
+    assert cache_side({"image_size": 64}, "crop") == 73  # the schema's preset: natural
 
 
 def test_misspelt_key_stops_the_workflow_naming_it(tmp_path):
@@ -103,7 +140,7 @@ def test_a_key_the_config_leaves_out_takes_the_schema_default_in_the_job(tmp_pat
     make_dataset(tmp_path / "data", images_per_class=8, size=32, seed=5)
     config = deep_merge(load_config(), yaml.safe_load(CONFIGS[1].read_text()))
     config["data"]["root"] = str(tmp_path / "data")
-    del config["train"]["epochs"], config["train"]["augment"]["rot90"], config["plots"]
+    del config["train"]["epochs"], config["train"]["augment"]["preset"], config["plots"]
     config["experiments"] = {"small": {"augment": {"rotate": 5}}}
     partial = tmp_path / "partial.yaml"
     partial.write_text(yaml.safe_dump(config))
@@ -117,7 +154,9 @@ def test_a_key_the_config_leaves_out_takes_the_schema_default_in_the_job(tmp_pat
     settings = json.loads(re.search(r"train --config '(\{.*?\})'", out).group(1))
     assert settings["epochs"] == 20  # the schema's default, not tiny.yaml's 3
     assert settings["image_size"] == 32  # what the config says stays
-    assert settings["augment"]["rot90"] is True and settings["augment"]["rotate"] == 5
+    # own data: the schema's preset, not synth.train's (which is for the built-in set only)
+    assert settings["augment"]["preset"] == "natural" and settings["augment"]["rotate"] == 5
+    assert "results/dataset/cache/37px/stats.json" in out  # 32 / 0.875: random resized crops
 
 
 # Keys of config/config.yaml without a schema default, and why.
@@ -178,7 +217,14 @@ def test_the_code_defaults_are_the_schema_defaults():
     assert same(settings.defaults(schema["properties"]["train"]), train)
     assert same(TrainConfig().as_dict(), train)
     assert same(TrainConfig.from_dict({}).as_dict(), train)
-    assert same(dataclasses.asdict(AugmentPolicy()), train["augment"])
+    # AugmentPolicy's field defaults are the surface preset; the schema's preset resolves
+    surface = AugmentPolicy.resolve({"preset": "surface"})
+    assert AugmentPolicy() == surface
+    assert dataclasses.asdict(AugmentPolicy.resolve({})) == {
+        **settings.PRESETS[train["augment"]["preset"]],
+        "crop_scale": (0.25, 1.0),
+        "crop_ratio": (0.75, 4 / 3),
+    }
     stated = {k: v for k, v in load_config().items() if k not in NO_DEFAULT}
     assert same(settings.CONFIG_DEFAULTS, stated)
 
@@ -206,6 +252,7 @@ LITERALS = {
     "$defs.train.properties.monitor": settings.Monitor,
     "$defs.train.properties.normalize": settings.Normalize,
     "$defs.train.properties.device": settings.Device,
+    "$defs.augment.properties.preset": settings.Preset,
     "properties.data.properties.on_bad_image": settings.OnBadImage,
     "properties.data.properties.on_conflicting_labels": settings.OnConflictingLabels,
     "properties.synth.properties.format": settings.ImageFormat,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -182,9 +183,22 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+# The built-in data set's folder: the workflow draws it there (rule synth) while data.root is it.
+BUILTIN_DATA = "data/surface-defects"
+
+
+def uses_builtin_data(config: dict[str, Any]) -> bool:
+    """Whether `data.root` is the built-in set (which the workflow draws itself)."""
+    return os.path.normpath(config.get("data", {}).get("root", BUILTIN_DATA)) == BUILTIN_DATA
+
+
 def experiment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The resolved training settings of experiment `name`: `train` plus its overrides."""
-    return deep_merge(config["train"], config["experiments"][name] or {})
+    """The resolved training settings of experiment `name`: `train`, then `synth.train` while
+    the data is the built-in set, then the experiment's own overrides."""
+    settings = config["train"]
+    if uses_builtin_data(config):
+        settings = deep_merge(settings, config.get("synth", {}).get("train") or {})
+    return deep_merge(settings, config["experiments"][name] or {})
 
 
 def load_configs(paths: list[str | Path]) -> dict[str, Any]:

@@ -81,7 +81,8 @@ def _allowed(node: dict[str, Any]) -> str:
 
 def _type(node: dict[str, Any]) -> str:
     if "type" in node:
-        return node["type"]
+        kind = node["type"]
+        return kind if isinstance(kind, str) else " or ".join(kind)
     if "enum" in node:
         return "string" if all(isinstance(v, str) for v in node["enum"]) else "enum"
     return ""
@@ -90,12 +91,16 @@ def _type(node: dict[str, Any]) -> str:
 def rows(node: dict[str, Any], root: dict[str, Any], prefix: str = "") -> list[list[str]]:
     """One row per property, depth first; nested objects after their own row."""
     out: list[list[str]] = []
-    for name, child in node.get("properties", {}).items():
-        key, child = f"{prefix}{name}", _resolve(child, root)
+    for name, own in node.get("properties", {}).items():
+        key, child = f"{prefix}{name}", _resolve(own, root)
         default = _literal(child["default"]) if "default" in child else ""
         # `<`: GitHub's Markdown would take `<name>` in a description for an HTML tag.
         description = child.get("description", "").replace("<", "&lt;")
         out.append([f"`{key}`", _type(child), default, _allowed(child), description])
+        if "$ref" in own and "properties" not in own:  # another key's settings, reused
+            target = own["$ref"].rsplit("/", 1)[1]
+            out.append([f"`{key}.*`", "", "", "", f"Any `{target}.*` key above."])
+            continue
         out += rows(child, root, f"{key}.")
         extra = child.get("additionalProperties")
         if isinstance(extra, dict) and "$ref" in extra:

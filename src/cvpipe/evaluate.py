@@ -42,7 +42,8 @@ from cvpipe.models import build_model
 
 
 def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network stored by the train stage; returns (model in eval mode, model file)."""
+    """Rebuild the network stored by the train stage; returns (model in eval mode, model file).
+    A model file without `cache_size` (an older cvpipe's) was trained from an image_size cache."""
     rerun = "rerun training with `snakemake --forcerun train` (or delete it)"
     try:
         saved = checkpoint.load(model_path, map_location="cpu", fix=rerun)
@@ -50,6 +51,7 @@ def load_model(model_path: str | Path, device: torch.device) -> tuple[torch.nn.M
         raise CvpipeError(f"{model_path} is missing: run the train stage first.") from None
     if not isinstance(saved, dict) or not {"model_name", "classes", "model"} <= saved.keys():
         raise CvpipeError(f"{model_path} is not a model file written by cvpipe train; {rerun}.")
+    saved.setdefault("cache_size", saved.get("image_size"))
     model = build_model(saved["model_name"], len(saved["classes"]))
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), saved
@@ -67,8 +69,9 @@ def _sync(device: torch.device) -> None:
 def logits_function(
     model: torch.nn.Module, saved: dict, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 N x S x S x 3 batch -> float32 logits on the CPU, as the model was trained: its
-    mean and std, channels-last and autocast settings (`saved` is the model file)."""
+    """uint8 N x S x S x 3 batch -> float32 logits on the CPU, as the model was trained: the
+    centre image_size crop of the batch, its mean and std, channels-last and autocast settings
+    (`saved` is the model file)."""
     mean = torch.tensor(saved["mean"], device=device)
     std = torch.tensor(saved["std"], device=device)
     channels_last = saved["config"].get("channels_last", False)
@@ -80,7 +83,9 @@ def logits_function(
 
     @torch.no_grad()
     def logits(images: torch.Tensor) -> torch.Tensor:
-        x = eval_transform(images.to(device, non_blocking=True), mean, std, channels_last)
+        x = eval_transform(
+            images.to(device, non_blocking=True), mean, std, channels_last, saved["image_size"]
+        )
         with autocast():
             return model(x).float().cpu()
 
@@ -187,6 +192,11 @@ def evaluate(
     dev = pick_device(device)
     model, saved = load_model(model_path, dev)
     test, rows = _test_split(cache_dir, manifest_path)
+    if test.image_size != saved["cache_size"]:
+        raise CvpipeError(
+            f"{model_path} was trained from a {saved['cache_size']} px cache, but {cache_dir} "
+            f"holds {test.image_size} px images: evaluate it with its own cache"
+        )
     temperature = stored_temperature(saved, model_path)
     logits, labels, images_per_s, timed = predict(model, saved, test, dev, batch_size)
     probs = calibration.softmax(logits, temperature)

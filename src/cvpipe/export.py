@@ -8,8 +8,9 @@ Outputs, in the folder the rule names:
 - `model.pt2`: the same network as a `torch.export` program (`torch.export.load(f).module()`),
   batch axis dynamic;
 - `model.json`: what a caller needs to prepare images and read the logits: classes, image size,
-  resize mode, mean, std, temperature, model name, the input/output description and the
-  sha256 of the model file it came from.
+  cache size (resize to it, then take the centre image size crop), resize mode, mean, std,
+  temperature, model name, the input/output description and the sha256 of the model file it
+  came from.
 
 No TorchScript: PyTorch deprecates it in favour of `torch.export`, which both files come from.
 """
@@ -75,6 +76,7 @@ def sidecar(saved: dict, model_path: str | Path) -> dict:
         "model_name": saved["model_name"],
         "classes": classes,
         "image_size": size,
+        "cache_size": saved["cache_size"],
         "resize": saved["resize"],
         "mean": [float(v) for v in saved["mean"]],
         "std": [float(v) for v in saved["std"]],
@@ -84,7 +86,8 @@ def sidecar(saved: dict, model_path: str | Path) -> dict:
             "dtype": "float32",
             "shape": ["batch", 3, size, size],
             "description": (
-                f"RGB images, NCHW, resized to {size} x {size} px by `resize`, "
+                f"RGB images, NCHW, resized to cache_size x cache_size px by `resize`, "
+                f"then the centre {size} x {size} px, "
                 "normalised per channel as (x / 255 - mean) / std"
             ),
         },

@@ -19,10 +19,11 @@ a second `cv2` over our `opencv-python-headless` (1.5.7 requires the headless on
 releases checked (1.4.8, 1.5.4, 1.5.7) ship only as an sdist and pull ttach, tqdm, scikit-learn
 and scipy; and its target layer is named by hand per architecture, which is the part needed here.
 
-The figure shows test images as the model saw them (decoded from the originals and resized by
-the model file's rule, as plots.py does), each beside its heat map laid over it: up to half wrong
-predictions, then correct ones (`pick_rows`). The choice is its own, not plots.py's, so a change
-to the other figures never reruns this one.
+The figure shows test images as the model saw them (decoded from the originals, resized by
+the model file's rule to its cache size and centre-cropped, as evaluation sees them), each
+beside its heat map laid over it: up to half wrong predictions, then correct ones
+(`pick_rows`). The choice is its own, not plots.py's, so a change to the other figures never
+reruns this one.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvpipe import runtime
-from cvpipe.augment import eval_transform
+from cvpipe.augment import center_crop, eval_transform
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model
@@ -233,9 +234,15 @@ def make_gradcam(
             f"{predictions_path} lists {missing[0]}, which {manifest_path} does not: "
             "rerun the evaluate stage."
         )
-    size, resize = saved["image_size"], saved["resize"]
-    images = np.stack(
-        [load_resized(Path(data_root) / r["path"], sha256[r["path"]], size, resize) for r in rows]
+    size, cache_size, resize = saved["image_size"], saved["cache_size"], saved["resize"]
+    images = center_crop(
+        np.stack(
+            [
+                load_resized(Path(data_root) / r["path"], sha256[r["path"]], cache_size, resize)
+                for r in rows
+            ]
+        ),
+        size,
     )
     mean = torch.tensor(saved["mean"], device=dev)
     std = torch.tensor(saved["std"], device=dev)

@@ -279,8 +279,12 @@ def _normalisation(run: Run) -> str:
 
 
 def model_section(run: Run) -> list[Block]:
-    size = run.stats["image_size"]
+    cache_size = run.stats["image_size"]  # the cache's side; training's size may be smaller
+    size = run.config.get("image_size", cache_size)
     resize = run.stats["resize"]
+    resize_text = RESIZE_TEXT.get(resize, "{m}").format(s=cache_size, m=resize)
+    if size != cache_size:
+        resize_text += f"; then the centre {size} × {size} px (training: random resized crops)"
     weights = run.config.get("weights", "none")
     monitor = run.config.get("monitor", "val_acc")
     rows = [
@@ -288,7 +292,7 @@ def model_section(run: Run) -> list[Block]:
         ["initial weights", "none (trained from scratch)" if weights == "none" else f"`{weights}`"],
         ["classes", f"{len(run.classes)}: {_code_list(run.classes)}"],
         ["input", f"{size} × {size} px, RGB"],
-        ["resize", RESIZE_TEXT.get(resize, "{m}").format(s=size, m=resize)],
+        ["resize", resize_text],
         ["normalisation", _normalisation(run)],
         ["model file", f"`{run.model_file}`: epoch {run.metrics['epoch']}, best by `{monitor}`"],
     ]

@@ -4,7 +4,8 @@
 model DDP-wrapped and/or compiled), AdamW without weight decay on biases and norm layers, a
 linear warm-up then cosine decay of the learning rate per step, cross-entropy with label
 smoothing, the autocast context and GradScaler of the AMP setting (`cvpipe.runtime`), and the
-train (augmenting) and eval transforms of uint8 batches on the device (`cvpipe.augment`).
+train (augmenting, random crops from the cache) and eval (centre crop of the cache) transforms of
+uint8 batches on the device (`cvpipe.augment`).
 `batch_size` is the global batch: each process loads its share.
 """
 
@@ -27,7 +28,6 @@ from cvpipe import augment, runtime
 from cvpipe.data import CacheSplit, build_loader
 from cvpipe.distributed import DistEnv
 from cvpipe.models import build_model
-from cvpipe.settings import AugmentPolicy
 
 if TYPE_CHECKING:
     from cvpipe.settings import TrainConfig
@@ -132,7 +132,7 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         )
     mean, std = _normalization(cfg, stats)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    policy = AugmentPolicy(**cfg.augment)
+    policy = cfg.policy()
     generator = torch.Generator(device=device)
     return Parts(
         model=model,
@@ -145,9 +145,11 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         autocast=runtime.autocast_factory(device, dtype),
         train_transform=lambda x: augment.train_transform(
-            x, policy, mean_t, std_t, generator, cfg.channels_last
+            x, policy, mean_t, std_t, generator, cfg.channels_last, cfg.image_size
         ),
-        eval_transform=lambda x: augment.eval_transform(x, mean_t, std_t, cfg.channels_last),
+        eval_transform=lambda x: augment.eval_transform(
+            x, mean_t, std_t, cfg.channels_last, cfg.image_size
+        ),
         aug_generator=generator,
         num_classes=len(stats["classes"]),
         mean=mean,

@@ -4,7 +4,8 @@ torchvision model with ImageNet (or local) weights.
 Models (`--model`):
 
 - a cvpipe `model.pt`: the images are prepared exactly as for training and evaluation (decode to
-  RGB, `preprocess.resize_square` with the model's size and resize mode, `augment.eval_transform`
+  RGB, `preprocess.resize_square` to the model's cache size by its resize mode, the centre
+  image_size crop, `augment.eval_transform`
   with its mean and std, its channels-last and autocast settings), so the test split's originals
   get the probabilities that evaluate's predictions.csv holds; probabilities are
   `softmax(logits / temperature)` (`calibration.softmax`, as evaluate), the temperature that
@@ -45,6 +46,7 @@ import torchvision
 from tqdm import tqdm
 
 from cvpipe import atomic, calibration, datatree, index, models, runtime
+from cvpipe.augment import center_crop
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model, logits_function, stored_temperature
@@ -65,6 +67,12 @@ class Predictor:
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
+def _prepare(size: int, cache_size: int, mode: str) -> Callable[[np.ndarray], np.ndarray]:
+    """One decoded image as training's cache holds it (`resize_square` to `cache_size`), then its
+    centre `size` crop, as evaluation takes it (`augment.center_crop`)."""
+    return lambda image: center_crop(resize_square(image, cache_size, mode)[None], size)[0]
+
+
 def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
     """A cvpipe model.pt, with evaluate's preparation and inference (see `evaluate.predict`)."""
     model, saved = load_model(model_path, device)
@@ -73,16 +81,14 @@ def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
             f"{model_path} does not record its resize mode (written by an older cvpipe); "
             "retrain it with `snakemake --forcerun train`."
         )
-    size, mode = saved["image_size"], saved["resize"]
+    prepare = _prepare(saved["image_size"], saved["cache_size"], saved["resize"])
     temperature = stored_temperature(saved, model_path)
     logits = logits_function(model, saved, device)
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         return calibration.softmax(logits(torch.from_numpy(batch)).numpy(), temperature)
 
-    return Predictor(
-        list(saved["classes"]), lambda im: resize_square(im, size, mode), probabilities
-    )
+    return Predictor(list(saved["classes"]), prepare, probabilities)
 
 
 def _onnx_predictor(model_path: Path) -> Predictor:
@@ -97,7 +103,10 @@ def _onnx_predictor(model_path: Path) -> Predictor:
     run, meta = load_onnx(model_path)  # says itself what to install for onnxruntime
     if "resize" not in meta:
         raise CvpipeError(f"the model.json of {model_path} has no resize mode; rerun cvpipe export")
-    size, mode = meta["image_size"], meta["resize"]
+    # model.json without cache_size: an older export, trained from an image_size cache
+    prepare = _prepare(
+        meta["image_size"], meta.get("cache_size", meta["image_size"]), meta["resize"]
+    )
     temperature = float(meta.get("temperature") or 1.0)
     mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1)
@@ -106,7 +115,7 @@ def _onnx_predictor(model_path: Path) -> Predictor:
         x = (batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - mean) / std
         return calibration.softmax(np.asarray(run(np.ascontiguousarray(x))), temperature)
 
-    return Predictor(list(meta["classes"]), lambda im: resize_square(im, size, mode), probabilities)
+    return Predictor(list(meta["classes"]), prepare, probabilities)
 
 
 def _head_size(model_name: str, weights_file: Path) -> int:

@@ -34,6 +34,7 @@ OnBadImage = Literal["fail", "skip"]
 OnConflictingLabels = Literal["fail", "drop"]
 ImageFormat = Literal["png", "jpg"]
 Resize = Literal["crop", "letterbox"]
+Preset = Literal["natural", "surface"]
 
 AMP_MODES: tuple[str, ...] = typing.get_args(Amp)
 MONITORS: tuple[str, ...] = typing.get_args(Monitor)
@@ -78,18 +79,92 @@ def _default(*key: str) -> Any:
     return value
 
 
+# The augmentation presets: every key of `train.augment` but `preset`. A key the config leaves
+# null takes its preset's value. `surface` is the policy for textures and inspection images
+# (no up or left, so flips and quarter turns; the cache is stored at the training size);
+# `natural` is torchvision's recipe for photos: RandomResizedCrop from a larger cache, horizontal
+# flips only, light colour jitter (vision references/classification/presets.py).
+PRESETS: dict[str, dict[str, Any]] = {
+    "surface": {
+        "random_resized_crop": False,
+        "crop_scale": [0.08, 1.0],
+        "crop_ratio": [0.75, 4 / 3],
+        "hflip": True,
+        "vflip": True,
+        "rot90": True,
+        "rotate": 0.0,
+        "scale": 0.0,
+        "translate": 0.0,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "saturation": 0.0,
+        "trivial_augment": False,
+        "random_erasing": 0.0,
+    },
+    "natural": {
+        "random_resized_crop": True,
+        "crop_scale": [0.25, 1.0],
+        "crop_ratio": [0.75, 4 / 3],
+        "hflip": True,
+        "vflip": False,
+        "rot90": False,
+        "rotate": 0.0,
+        "scale": 0.0,
+        "translate": 0.0,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "saturation": 0.2,
+        "trivial_augment": False,
+        "random_erasing": 0.0,
+    },
+}
+
+# torchvision's eval transform: Resize(256) then CenterCrop(224), a crop of 0.875 of the side.
+CENTRE_CROP_SHARE = 0.875
+
+
 @dataclass(frozen=True)
 class AugmentPolicy:
-    """Strengths of each augmentation (see `cvpipe.augment`); zeros switch parts off."""
+    """Strengths of each augmentation (see `cvpipe.augment`); zeros switch parts off. The field
+    defaults are the `surface` preset; `AugmentPolicy.resolve` applies a config's preset."""
 
-    hflip: bool = _default("augment", "hflip")
-    vflip: bool = _default("augment", "vflip")
-    rot90: bool = _default("augment", "rot90")
-    rotate: float = _default("augment", "rotate")
-    scale: float = _default("augment", "scale")
-    translate: float = _default("augment", "translate")
-    brightness: float = _default("augment", "brightness")
-    contrast: float = _default("augment", "contrast")
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    rotate: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.0
+    trivial_augment: bool = False
+    random_erasing: float = 0.0
+
+    @classmethod
+    def resolve(cls, augment: dict[str, Any]) -> AugmentPolicy:
+        """The policy of a config's `train.augment`: its preset's values, each key the config
+        sets (not null) instead. Unknown keys and presets are errors that name them."""
+        values = {**AUGMENT_DEFAULTS, **augment}
+        preset = values.pop("preset")
+        if preset not in PRESETS:
+            raise CvpipeError(
+                f"train.augment.preset must be one of {sorted(PRESETS)}, not {preset!r}"
+            )
+        unknown = sorted(set(values) - set(PRESETS[preset]))
+        if unknown:
+            raise CvpipeError(
+                f"unknown augmentation setting(s) {unknown}; known: {sorted(PRESETS[preset])}"
+            )
+        chosen = {k: PRESETS[preset][k] if v is None else v for k, v in values.items()}
+        for key in ("crop_scale", "crop_ratio"):
+            low, high = chosen[key]
+            if not 0 < low <= high:
+                raise CvpipeError(f"train.augment.{key} must be [low, high], 0 < low <= high")
+            chosen[key] = (float(low), float(high))
+        return cls(**chosen)
 
 
 @dataclass(frozen=True)
@@ -118,6 +193,7 @@ class TrainConfig:
     monitor: Monitor = _default("monitor")
     normalize: Normalize = _default("normalize")
     device: Device = _default("device")
+    cache_size: int | None = _default("cache_size")
     augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
 
     @classmethod
@@ -140,7 +216,16 @@ class TrainConfig:
             raise CvpipeError(
                 "set either gpus (one process per GPU) or ddp_processes (CPU processes), not both"
             )
-        AugmentPolicy(**self.augment)  # unknown augmentation keys fail here
+        AugmentPolicy.resolve(self.augment)  # unknown augmentation keys fail here
+        if self.cache_size is not None and self.cache_size < self.image_size:
+            raise CvpipeError(
+                f"cache_size {self.cache_size} is smaller than image_size {self.image_size}: "
+                "set cache_size to null (auto) or to at least image_size"
+            )
+
+    def policy(self) -> AugmentPolicy:
+        """The resolved augmentation policy (preset plus the keys this config sets)."""
+        return AugmentPolicy.resolve(self.augment)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +233,23 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that determine the trained weights (what resume compares)."""
         return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
+
+
+def cache_side(settings: dict[str, Any], resize: str) -> int:
+    """The side of the cache an experiment trains from (`settings`: its train config, as a
+    mapping): `cache_size`, or auto: `image_size` for letterboxed images and for a policy without
+    random resized crops, else `image_size / 0.875` rounded (torchvision's 256 for 224), so that
+    evaluation's centre crop sees what torchvision's eval transform does."""
+    size = settings.get("cache_size")
+    if size is not None:
+        return int(size)
+    image_size = int(settings["image_size"])
+    if (
+        resize == "letterbox"
+        or not AugmentPolicy.resolve(settings.get("augment", {})).random_resized_crop
+    ):
+        return image_size
+    return round(image_size / CENTRE_CROP_SHARE)
 
 
 def literal_fields(cls: type) -> dict[str, tuple[str, ...]]:

@@ -44,7 +44,7 @@ from cvpipe.errors import CvpipeError, Preempted
 from cvpipe.parts import Parts, build_parts
 from cvpipe.preemption import StopRequest
 from cvpipe.runfiles import RunFiles
-from cvpipe.settings import TrainConfig
+from cvpipe.settings import TrainConfig, cache_side
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,11 @@ def train(
 
 def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict:
     stats = read_stats(cache_dir)
-    if stats["image_size"] != cfg.image_size:
+    side = cache_side(cfg.as_dict(), stats["resize"])
+    if stats["image_size"] != side:
         raise CvpipeError(
-            f"{cache_dir} holds {stats['image_size']} px images but image_size is {cfg.image_size}"
+            f"{cache_dir} holds {stats['image_size']} px images but this experiment trains from "
+            f"a {side} px cache (image_size {cfg.image_size}, cache_size {cfg.cache_size})"
         )
     if cfg.batch_size % env.world_size:
         raise CvpipeError(
@@ -341,6 +343,7 @@ def _write_model(run: _Run, stats: dict) -> None:
             "model_name": cfg.model,
             "classes": stats["classes"],
             "image_size": cfg.image_size,
+            "cache_size": stats["image_size"],
             "resize": stats["resize"],
             "mean": run.parts.mean,
             "std": run.parts.std,

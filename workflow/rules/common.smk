@@ -28,7 +28,15 @@ CODE_CACHE = "results/.cache/code-fingerprint.json"  # per file state, like the 
 sys.path.insert(0, SRC)
 
 from cvpipe import jobenv, stagecode
-from cvpipe.config import coerce_strings, config_errors, experiment_config, split_errors
+from cvpipe.config import (
+    BUILTIN_DATA,
+    coerce_strings,
+    config_errors,
+    experiment_config,
+    split_errors,
+    uses_builtin_data,
+)
+from cvpipe.settings import cache_side
 from cvpipe.datatree import tree_fingerprint
 from cvpipe.modelnames import model_errors
 from cvpipe.launch import evaluate_launcher, train_launcher
@@ -49,9 +57,8 @@ validate(config, "../schemas/config.schema.yaml")
 # What the schema cannot say, on the config with its defaults filled: caught here, not in a job.
 stop_if(split_errors(config) + model_errors(config))
 
-# The built-in data set is drawn by the synth rule only while data.root points here.
-BUILTIN_DATA = "data/surface-defects"
-USE_BUILTIN = os.path.normpath(config["data"]["root"]) == BUILTIN_DATA
+# The built-in data set (BUILTIN_DATA) is drawn by the synth rule only while data.root points there.
+USE_BUILTIN = uses_builtin_data(config)
 if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
     raise WorkflowError(
         f"data.root {config['data']['root']!r} is not a folder (relative paths start at "
@@ -103,11 +110,14 @@ def train_settings(experiment):
 
 
 def cache_dir(wildcards):
-    return CACHE.format(size=train_settings(wildcards.experiment)["image_size"])
+    """The cache an experiment trains from: its side is the experiment's resolved cache size
+    (image_size, or larger for random resized crops: cvpipe.settings.cache_side)."""
+    settings = train_settings(wildcards.experiment)
+    return CACHE.format(size=cache_side(settings, config["preprocess"]["resize"]))
 
 
 def cache_files(wildcards):
-    """The preprocessed cache an experiment reads (chosen by its image_size)."""
+    """The preprocessed cache an experiment reads (chosen by its cache size)."""
     folder = cache_dir(wildcards)
     return [f"{folder}/stats.json"] + [
         f"{folder}/{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")
