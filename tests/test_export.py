@@ -132,6 +132,8 @@ def test_sidecar_carries_the_model_temperature(tmp_path):
         "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.7,
     }  # fmt: skip
     assert sidecar(saved, model)["temperature"] == 1.7
+    assert sidecar(saved, model)["cache_size"] == 32  # an older model file: its image_size
+    assert sidecar({**saved, "cache_size": 37}, model)["cache_size"] == 37  # then a centre crop
 
 
 def test_missing_sidecar_is_named(out, tmp_path):

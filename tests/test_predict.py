@@ -29,20 +29,18 @@ from cvpipe.train import TrainConfig, train
 CLASSES = ["dent", "ok", "scratch", "stain"]
 
 
-@pytest.fixture(scope="module")
-def letterbox_run(tmp_path_factory) -> Path:
-    """Non-square originals, indexed, preprocessed with letterbox, trained and evaluated by the
-    stage functions (one epoch): what the workflow does with `preprocess.resize: letterbox`."""
-    work = tmp_path_factory.mktemp("letterbox")
+def stage_run(work: Path, mode: str, cache_size: int, augment: dict) -> Path:
+    """Non-square originals, indexed, preprocessed to `cache_size` by `mode`, trained at 32 px
+    and evaluated by the stage functions (one epoch), as the workflow does."""
     make_dataset(work / "data", images_per_class=8, size=40, seed=1)
     for i, path in enumerate(sorted((work / "data").rglob("*.png"))):
         image = cv2.imread(str(path))
         cv2.imwrite(str(path), image[: 40 - (i % 2) * 12, : 20 + (i % 3) * 10])
     ratios = {"train": 0.5, "val": 0.25, "test": 0.25}
     write_index(work / "data", work / "manifest.csv", work / "bad.csv", ratios, seed=0)
-    preprocess(work / "manifest.csv", work / "data", work / "cache", size=32, mode="letterbox")
+    preprocess(work / "manifest.csv", work / "data", work / "cache", size=cache_size, mode=mode)
     cfg = TrainConfig.from_dict(
-        {"model": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8}
+        {"model": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8, "augment": augment}
     )
     train(cfg, work / "cache", work / "model.pt", work / "history.csv", threads=2)
     outputs = [work / name for name in ("metrics.json", "predictions.csv", "timing.json")]
@@ -50,6 +48,21 @@ def letterbox_run(tmp_path_factory) -> Path:
         patch.setattr("cvpipe.evaluate.MIN_TIMED_IMAGES", 0)
         evaluate(work / "model.pt", work / "cache", work / "manifest.csv", *outputs, threads=2)
     return work
+
+
+@pytest.fixture(scope="module")
+def letterbox_run(tmp_path_factory) -> Path:
+    """What the workflow does with `preprocess.resize: letterbox` (a cache at image_size)."""
+    work = tmp_path_factory.mktemp("letterbox")
+    return stage_run(work, "letterbox", 32, {"preset": "surface"})
+
+
+@pytest.fixture(scope="module")
+def natural_run(tmp_path_factory) -> Path:
+    """The natural preset: random resized crops from a 37 px cache (auto for 32 px), centre
+    crops for evaluation."""
+    work = tmp_path_factory.mktemp("natural")
+    return stage_run(work, "crop", 37, {"preset": "natural"})
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -97,6 +110,13 @@ def test_letterbox_model_predicts_what_evaluate_reported(letterbox_run, tmp_path
     assert_matches_evaluate(
         letterbox_run / "model.pt", letterbox_run / "data", letterbox_run, tmp_path
     )
+
+
+def test_natural_model_predicts_what_evaluate_reported(natural_run, tmp_path):
+    """resize to the cache size, then the centre crop: what evaluate saw from the cache."""
+    saved = torch.load(natural_run / "model.pt", weights_only=True)
+    assert (saved["image_size"], saved["cache_size"], saved["resize"]) == (32, 37, "crop")
+    assert_matches_evaluate(natural_run / "model.pt", natural_run / "data", natural_run, tmp_path)
 
 
 def write_bad_and_good(folder: Path, data: Path) -> dict[str, Path]:
@@ -250,13 +270,15 @@ def test_workflow_stage_is_off_by_default_and_follows_image_content(tiny_run_cop
     assert planned_jobs(work, configfiles=configs) == {"predict": len(EXPERIMENTS), "all": 1}
 
 
-def test_onnx_export_predicts_what_the_model_file_does(letterbox_run, tmp_path):
+@pytest.mark.parametrize("name", ["letterbox_run", "natural_run"])
+def test_onnx_export_predicts_what_the_model_file_does(name, request, tmp_path):
     from cvpipe.export import export
 
-    export(letterbox_run / "model.pt", tmp_path / "export")
-    folder = letterbox_run / "data"
+    staged = request.getfixturevalue(name)
+    export(staged / "model.pt", tmp_path / "export")
+    folder = staged / "data"
     for model, out in [
-        (letterbox_run / "model.pt", "pt.csv"),
+        (staged / "model.pt", "pt.csv"),
         (tmp_path / "export" / "model.onnx", "onnx.csv"),
     ]:
         assert cvpipe("--model", model, "--device", "cpu", "--out", tmp_path / out, folder) == 0

@@ -4,6 +4,7 @@ import csv
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -282,3 +283,63 @@ def test_bad_settings_are_named(tiny_cache, tmp_path):
         run(tiny_cache, tmp_path, batch_size=64)
     with pytest.raises(CvpipeError, match="holds 32 px images but image_size is 48"):
         run(tiny_cache, tmp_path, image_size=48)
+    with pytest.raises(
+        CvpipeError, match="holds 32 px images but image_size is 32 and cache_size 37"
+    ):
+        run(tiny_cache, tmp_path, cache_size=37)
+    with pytest.raises(CvpipeError, match="cache_size 24 is smaller than image_size 32"):
+        run(tiny_cache, tmp_path, cache_size=24)
+
+
+@pytest.fixture(scope="module")
+def natural_cache(tiny_cache, tmp_path_factory):
+    """The tiny data preprocessed to 37 px: the natural preset's auto cache for 32 px."""
+    from cvpipe.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("natural_cache") / "cache"
+    preprocess(tiny_cache / "manifest.csv", tiny_cache / "data", out, size=37)
+    return out
+
+
+NATURAL = {**TINY, "epochs": 2, "augment": {"preset": "natural", "random_erasing": 0.25}}
+
+
+def natural_run(cache, out):
+    cfg = TrainConfig.from_dict(NATURAL)
+    paths = (out / "model.pt", out / "history.csv", out / "provenance.json")
+    return train(cfg, cache, *paths, threads=2)
+
+
+def test_random_resized_crops_resume_mid_epoch_to_the_same_model(
+    natural_cache, tmp_path, monkeypatch
+):
+    """The crop, flip, jitter and erasing draws come from the checkpointed generator: a run
+    stopped mid-epoch and resumed ends with the uninterrupted run's weights and history."""
+    from cvpipe import preemption
+    from cvpipe.errors import Preempted
+
+    natural_run(natural_cache, tmp_path / "whole")
+    steps = len(history(tmp_path / "whole"))  # epochs; 3 steps each (24 images, batch 8)
+    calls = {"n": 0}
+    real_due = preemption.StopRequest.due
+
+    def due(self, steps_done):
+        calls["n"] += 1
+        if calls["n"] == 3 + 2:  # during step 2 of epoch 2
+            self.signal = signal.SIGUSR1
+        return real_due(self, steps_done)
+
+    monkeypatch.setattr(preemption.StopRequest, "due", due)
+    with pytest.raises(Preempted, match="in epoch 2 after 2 of 3 batches"):
+        natural_run(natural_cache, tmp_path / "stopped")
+    monkeypatch.setattr(preemption.StopRequest, "due", real_due)
+    natural_run(natural_cache, tmp_path / "stopped")
+    whole = checkpoint.load(tmp_path / "whole" / "model.pt")
+    resumed = checkpoint.load(tmp_path / "stopped" / "model.pt")
+    assert whole["cache_size"] == resumed["cache_size"] == 37 and whole["image_size"] == 32
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    strip = {"epoch_seconds", "train_images_per_s"}
+    assert [
+        {k: v for k, v in r.items() if k not in strip} for r in history(tmp_path / "whole")
+    ] == [{k: v for k, v in r.items() if k not in strip} for r in history(tmp_path / "stopped")]
+    assert steps == 2

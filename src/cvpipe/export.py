@@ -76,7 +76,7 @@ def sidecar(saved: dict, model_path: str | Path) -> dict:
         "model_name": saved["model_name"],
         "classes": classes,
         "image_size": size,
-        "cache_size": saved["cache_size"],
+        "cache_size": saved.get("cache_size", size),  # an older model file: its image_size
         "resize": saved["resize"],
         "mean": [float(v) for v in saved["mean"]],
         "std": [float(v) for v in saved["std"]],

@@ -86,7 +86,9 @@ def train(
 ) -> dict[str, Any]:
     """Train one experiment; returns the best epoch's validation metrics.
 
-    Reads `cache_dir` (the preprocess stage's output for `cfg.image_size`), writes `model_path`,
+    Reads `cache_dir` (the preprocess stage's output for the experiment's cache size: the
+    workflow's `cvpipe.settings.cache_side`; with `cache_size` auto any side >= image_size is
+    taken, training crops image_size from it), writes `model_path`,
     `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
     started = time.time()
@@ -106,11 +108,12 @@ def train(
 
 def _check_inputs(cfg: TrainConfig, cache_dir: str | Path, env: DistEnv) -> dict:
     stats = read_stats(cache_dir)
-    side = cache_side(cfg.as_dict(), stats["resize"])
-    if stats["image_size"] != side:
+    side = stats["image_size"]  # the cache's side: image_size, or larger for random crops
+    if side < cfg.image_size or cfg.cache_size not in (None, side):
         raise CvpipeError(
-            f"{cache_dir} holds {stats['image_size']} px images but this experiment trains from "
-            f"a {side} px cache (image_size {cfg.image_size}, cache_size {cfg.cache_size})"
+            f"{cache_dir} holds {side} px images but image_size is {cfg.image_size} and "
+            f"cache_size {cfg.cache_size or 'auto'} (the workflow's cache for these settings: "
+            f"{cache_side(cfg.as_dict(), stats['resize'])} px)"
         )
     if cfg.batch_size % env.world_size:
         raise CvpipeError(
