@@ -4,15 +4,18 @@ resume mid-epoch (with Mixup/CutMix on too) that ends exactly where an uninterru
 from __future__ import annotations
 
 import csv
+import json
 import signal
+import subprocess
 
 import pytest
 import torch
+from helpers import BIN, tool_env
 from train_steps import build
 
 from cvpipe import checkpoint, preemption
 from cvpipe.ema import EmaModel, warmup_decay
-from cvpipe.epoch import train_one_epoch
+from cvpipe.epoch import evaluate_split, train_one_epoch
 from cvpipe.errors import CvpipeError, Preempted
 from cvpipe.evaluate import load_model
 from cvpipe.train import TrainConfig, train
@@ -139,3 +142,27 @@ def test_ema_resumed_mid_epoch_ends_as_an_uninterrupted_run(
     saved = [torch.load(o / "model.pt", weights_only=True) for o in (tmp_path, uninterrupted)]
     assert saved[0]["weights"] == saved[1]["weights"]
     assert all(torch.equal(saved[0]["model"][k], saved[1]["model"][k]) for k in saved[0]["model"])
+
+
+@pytest.mark.slow
+def test_ema_and_mixing_under_ddp_validate_the_ema_rank_0_saves(tiny_cache, tmp_path):
+    """2 processes (gloo): each rank's BatchNorm statistics differ, so the EMA's are made rank
+    0's before validation: the history's EMA scores are those of the EMA in last.pt."""
+    config = json.dumps({**SETTINGS, **MIXED, "ddp_processes": 2})
+    paths = {"model": "model.pt", "history": "history.csv", "provenance": "provenance.json"}
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "cvpipe"]
+    options = [f"--{key}={tmp_path / name}" for key, name in paths.items()]
+    cmd = [*torchrun, "train", "--config", config, f"--cache-dir={tiny_cache / 'cache'}"]
+    done = subprocess.run(
+        [*cmd, *options, "--threads", "1"], env=tool_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = history(tmp_path)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weights"] in ("ema", "model")
+
+    parts, env = build(tiny_cache / "cache", "cpu", **{**SETTINGS, **MIXED})
+    assert parts.ema is not None
+    parts.ema.load_state_dict(checkpoint.load(tmp_path / "checkpoints" / "last.pt")["ema"])
+    alone = evaluate_split(parts, parts.val_loader, env, parts.ema.module)
+    assert float(row["ema_val_loss"]) == pytest.approx(alone["loss"], rel=1e-5)
+    assert float(row["ema_val_acc"]) == alone["acc"]
