@@ -70,6 +70,28 @@ def test_decay_warms_up_and_averages(tiny_cache):
         EmaModel(model, decay=1.0)
 
 
+def test_the_update_is_torchs_averaged_model_with_the_warmed_up_ema_function():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    def reference_fn(averaged, current, n_averaged):
+        get_ema_multi_avg_fn(warmup_decay(0.9, int(n_averaged)))(averaged, current, n_averaged)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours = EmaModel(model, decay=0.9)
+    reference = AveragedModel(model, multi_avg_fn=reference_fn, use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        ours.update(model)
+        reference.update_parameters(model)
+    mine, theirs = ours.state_dict(), reference.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
 def test_history_model_file_and_loaders_know_the_ema(tiny_cache, tmp_path):
     metrics = run(tiny_cache / "cache", tmp_path, epochs=1)
     (row,) = history(tmp_path)

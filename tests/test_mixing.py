@@ -39,7 +39,8 @@ def test_cutmix_pastes_the_box_and_corrects_lambda_to_its_area():
     # lam 0.64: the box's sides are sqrt(0.36) = 0.6 of the image's: 3 px either side of the
     # centre (row 2, column 6), clipped at the top: rows 0..4, columns 3..8.
     lam = torch.tensor(0.64, dtype=torch.float64)
-    box, exact = cutmix_box(lam, torch.tensor([2.0, 6.0], dtype=torch.float64), 10, 10)
+    row, col = torch.tensor(2.0, dtype=torch.float64), torch.tensor(6.0, dtype=torch.float64)
+    box, exact = cutmix_box(lam, row, col, 10, 10)
     expected_box = torch.zeros(10, 10, dtype=torch.bool)
     expected_box[0:5, 3:9] = True
     assert torch.equal(box, expected_box)

@@ -1,10 +1,11 @@
 """An exponential moving average (EMA) of the trained weights, updated after every optimizer step.
 
-`EmaModel` is torch's `AveragedModel` with the EMA update of `get_ema_multi_avg_fn` and
-`use_buffers=True`: parameters *and* buffers are averaged (BatchNorm's running mean and variance
-follow the EMA of the weights they were measured with, instead of being the raw model's). The
-integer `num_batches_tracked` is averaged and truncated too; BatchNorm only reads it when its
-`momentum` is None, which torchvision's models never set.
+`EmaModel` is torch's `AveragedModel` (its copy of the model, and its state dict: `module.*` and
+the update count `n_averaged`) with the update of `get_ema_multi_avg_fn` and `use_buffers=True`,
+run without a host-GPU sync per step. Parameters *and* buffers are averaged: BatchNorm's running
+mean and variance follow the EMA of the weights they were measured with, instead of being the
+raw model's. The integer `num_batches_tracked` is averaged and truncated too; BatchNorm only
+reads it when its `momentum` is None, which torchvision's models never set.
 
 The decay warms up as in TensorFlow's `ExponentialMovingAverage(num_updates=...)` and timm's
 `ModelEmaV2`/`V3`: after `t` updates it is `min(decay, (1 + t) / (10 + t))`, so early, random
@@ -19,6 +20,8 @@ share of the batch: `sync_buffers` makes every rank hold rank 0's before the EMA
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.distributed as dist
@@ -40,23 +43,36 @@ class EmaModel(AveragedModel):
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 <= decay < 1:
             raise CvpipeError(f"ema_decay must be null (off) or in [0, 1), not {decay!r}")
-        super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
+        super().__init__(model, use_buffers=True)
         self.decay = decay
-        self._decay_now = decay
         self.module.requires_grad_(False)
-
-    def _average(
-        self,
-        averaged: list[torch.Tensor] | tuple[torch.Tensor, ...],
-        current: list[torch.Tensor] | tuple[torch.Tensor, ...],
-        n_averaged: torch.Tensor | int,
-    ) -> None:
-        get_ema_multi_avg_fn(self._decay_now)(averaged, current, n_averaged)
 
     def update(self, model: nn.Module) -> None:
         """One EMA step towards `model` (the plain model the optimizer steps)."""
-        self._decay_now = warmup_decay(self.decay, int(self.n_averaged))
         self.update_parameters(model)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """AveragedModel's update with `multi_avg_fn=get_ema_multi_avg_fn(decay_t)`: the first
+        copies the model, later ones average parameters and buffers with the warmed-up decay.
+        Done here rather than by AveragedModel, which hands the averaging function its CPU
+        update count copied to the GPU: a blocking copy, so a host-GPU sync every step."""
+        updates = int(self.n_averaged)  # on the CPU: no sync
+        average = get_ema_multi_avg_fn(warmup_decay(self.decay, updates) if updates else 0.0)
+        # torch's foreach lerp takes one device and dtype at a time (BatchNorm counts are int).
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+        pairs = zip(
+            itertools.chain(self.module.parameters(), self.module.buffers()),
+            itertools.chain(model.parameters(), model.buffers()),
+            strict=True,
+        )
+        for averaged, current in pairs:
+            group = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            group[0].append(averaged.detach())
+            group[1].append(current.detach())
+        for averaged_group, current_group in groups.values():
+            average(averaged_group, current_group, updates)
+        self.n_averaged += 1
 
     @torch.no_grad()
     def sync_buffers(self, env: DistEnv) -> None:

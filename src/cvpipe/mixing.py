@@ -37,21 +37,20 @@ def beta(alpha: float, generator: torch.Generator, device: torch.device) -> torc
 
 
 def cutmix_box(
-    lam: torch.Tensor, centre: torch.Tensor, height: int, width: int
+    lam: torch.Tensor, row: torch.Tensor, col: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box CutMix pastes for `lam` around `centre` (row, column; integer-valued tensor):
-    a bool H x W mask, and lambda corrected to the exact unpasted share of the image."""
-    device = centre.device
-    size = torch.tensor([height, width], dtype=torch.float64, device=device)
-    half = (0.5 * torch.sqrt(1 - lam) * size).floor()
-    low = (centre - half).clamp_min(0)
-    high = torch.minimum(centre + half, size)
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    inside_rows = (rows >= low[0]) & (rows < high[0])
-    inside_cols = (cols >= low[1]) & (cols < high[1])
-    mask = inside_rows[:, None] & inside_cols[None, :]
-    return mask, 1 - (high - low).prod() / (height * width)
+    """The box CutMix pastes for `lam` around the pixel (`row`, `col`) (integer-valued 0-dim
+    tensors): a bool H x W mask, and lambda corrected to the exact unpasted share of the image.
+    Python numbers only enter as scalars: a tensor made from them would be a blocking copy to
+    the GPU every step."""
+    side = 0.5 * torch.sqrt(1 - lam)  # half the box side, as a share of the image side
+    half_h, half_w = (side * height).floor(), (side * width).floor()
+    top, bottom = (row - half_h).clamp_min(0), (row + half_h).clamp_max(height)
+    left, right = (col - half_w).clamp_min(0), (col + half_w).clamp_max(width)
+    rows = torch.arange(height, device=lam.device)
+    cols = torch.arange(width, device=lam.device)
+    mask = ((rows >= top) & (rows < bottom))[:, None] & ((cols >= left) & (cols < right))[None, :]
+    return mask, 1 - (bottom - top) * (right - left) / (height * width)
 
 
 def blend(images: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -94,9 +93,9 @@ class Mixing:
         if self.mixup_alpha > 0:
             weight = lam = beta(self.mixup_alpha, self.generator, device)
         if self.cutmix_alpha > 0:
-            centre = (uniform[1:] * torch.tensor([height, width], device=device)).floor()
+            row, col = (uniform[1] * height).floor(), (uniform[2] * width).floor()
             box, box_lam = cutmix_box(
-                beta(self.cutmix_alpha, self.generator, device), centre, height, width
+                beta(self.cutmix_alpha, self.generator, device), row, col, height, width
             )
             # With CutMix alone every batch takes it (a uniform draw is always below 1).
             use_cutmix = uniform[0] < (0.5 if self.mixup_alpha > 0 else 1.0)
