@@ -180,7 +180,10 @@ def test_ema_and_mixing_under_ddp_validate_the_ema_rank_0_saves(tiny_cache, tmp_
     )
     assert done.returncode == 0, done.stderr
     (row,) = history(tmp_path)
-    assert torch.load(tmp_path / "model.pt", weights_only=True)["weights"] in ("ema", "model")
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["weights"]
+    assert weights in ("ema", "model")
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["training"]["saved_weights"] == weights
 
     parts, env = build(tiny_cache / "cache", "cpu", **{**SETTINGS, **MIXED})
     assert parts.ema is not None

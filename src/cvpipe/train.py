@@ -403,8 +403,10 @@ def _write_model(run: _Run, stats: dict) -> None:
 
 
 def _write_provenance(run: _Run, path: str | Path, stats: dict, effective: dict) -> None:
-    """provenance.json: code, data, software and machine, and how the run was laid out."""
+    """provenance.json: code, data, software and machine, and how the run was laid out (and
+    which weights the model file holds, for readers without torch such as the model card)."""
     effective["finished_unix"] = time.time()
+    effective["saved_weights"] = _best(run).get("weights", "model")
     record = provenance.collect(
         "train", run.cfg.as_dict(), stats["manifest_sha256"], run.env.device, training=effective
     )
