@@ -111,7 +111,7 @@ def test_negative_alpha_is_named():
 
 def test_training_with_mixup_and_cutmix_is_reproducible_from_the_seed(tiny_cache, tmp_path):
     settings = {
-        "model": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8,
+        "model": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
         "warmup_epochs": 0.5, "mixup_alpha": 0.4, "cutmix_alpha": 1.0,
     }  # fmt: skip
     cfg = TrainConfig.from_dict(settings)
