@@ -10,6 +10,12 @@ Conversion rule (applied by the index check and by preprocessing alike):
 - Palette images are expanded to their colours by the decoder.
 - EXIF orientation is not applied (neither does `ImageFolder`'s PIL loader).
 
+Reduced decoding (`decode_rgb8(data, reduce=2|4|8)`, for JPEG only): libjpeg scales the image
+down by that factor while decoding (its scaled inverse DCT, OpenCV's `IMREAD_REDUCED_COLOR_*`),
+which skips most of the decoding work when the image is to be shrunk anyway. Those flags would
+apply EXIF orientation; `IMREAD_IGNORE_ORIENTATION` keeps the rule above. Other formats ignore
+`reduce`.
+
 A file is bad when it is empty, not a recognised image, cut short (JPEG without its end-of-image
 marker, PNG without its IEND chunk: OpenCV would otherwise return the decoded part silently), or
 fails to decode. The index check also reads every JPEG's entropy-coded data with Pillow
@@ -120,6 +126,35 @@ def decode(data: bytes) -> np.ndarray:
     return image
 
 
-def decode_rgb8(data: bytes) -> np.ndarray:
-    """Decode file bytes to HxWx3 uint8 RGB by the rule in this module's docstring."""
-    return to_rgb8(decode(data))
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+REDUCTIONS = (8, 4, 2)  # the factors of reduced decoding, largest first
+
+
+def decode_rgb8(data: bytes, reduce: int = 1) -> np.ndarray:
+    """Decode file bytes to HxWx3 uint8 RGB by the rule in this module's docstring; a JPEG
+    with `reduce` 2, 4 or 8 comes out that many times smaller (rounded up)."""
+    if reduce == 1 or sniff_format(data) != "jpeg":
+        return to_rgb8(decode(data))
+    _check_complete(data, "jpeg")
+    flags = _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise BadImage(f"jpeg decoder error: {exc.err}") from None
+    if image is None or image.size == 0:
+        raise BadImage("corrupt JPEG (the decoder could not read it)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's header without decoding it; None for other formats."""
+    if sniff_format(data) != "jpeg":
+        return None
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # the decoder's verdict comes later
+        return None
