@@ -83,11 +83,46 @@ def check_stream(data: bytes) -> None:
         image = Image.open(io.BytesIO(data))
     except Exception:  # not Pillow's to judge, see above
         return
+    _load_stream(image)
+
+
+def _load_stream(image: Image.Image) -> None:
     try:
         image.load()
     except OSError as exc:
         reason = str(exc).replace("broken data stream when reading image file", "").strip()
         raise BadImage(f"corrupt JPEG data ({reason or 'broken data stream'})") from None
+
+
+_JPEG_CHANNELS = {"L": 1, "RGB": 3}  # Pillow's modes of plain 8-bit JPEGs -> OpenCV's channels
+
+
+def check_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, channels, bit depth) of a plain 8-bit JPEG as `decode` gives them, after
+    the checks of `decode` and `check_stream` with the same verdicts, but decoded at 1/8 scale
+    (a scaled decode still reads all the compressed data, where corruption shows); None for
+    other data, which needs `decode` and `check_stream` in full."""
+    if sniff_format(data) != "jpeg":
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:  # OpenCV's verdict, in full
+        return None
+    channels = _JPEG_CHANNELS.get(image.mode)
+    if channels is None:
+        return None
+    _check_complete(data, "jpeg")
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        small = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise BadImage(f"jpeg decoder error: {exc.err}") from None
+    if small is None or small.size == 0:
+        raise BadImage("corrupt JPEG (the decoder could not read it)")
+    width, height = image.size
+    image.draft(image.mode, (width // 8, height // 8))
+    _load_stream(image)
+    return width, height, channels, 8
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
