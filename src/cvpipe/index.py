@@ -29,6 +29,7 @@ import numpy as np
 from cvpipe import atomic, datatree
 from cvpipe.decode import BadImage, check_jpeg, check_stream, decode, to_rgb8
 from cvpipe.errors import CvpipeError
+from cvpipe.progress import Progress
 from cvpipe.settings import OnBadImage, OnConflictingLabels
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,11 @@ def build_index(
         )
     classes = _class_names(root)
     samples = list(datatree.iter_samples(root))
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        checked = list(pool.map(lambda s: check_file(root, *s), samples))
+    checked: list[Checked] = []
+    with ThreadPoolExecutor(max(1, threads)) as pool, Progress("index", len(samples), log) as bar:
+        for one in pool.map(lambda s: check_file(root, *s), samples):
+            checked.append(one)
+            bar.update()
     bad = [c for c in checked if c.problem]
     if bad and on_bad_image == "fail":
         raise CvpipeError(
