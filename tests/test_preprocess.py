@@ -125,7 +125,7 @@ def test_reduced_decoding_between_factors_is_within_mae_3_max_64_of_full_decodin
     jpeg_set, size, mode
 ):
     """256 px -> 112 (2x reduced, then 128 -> 112, like 512 -> 224) and -> 56 (4x, 64 -> 56).
-    Measured: MAE <= 2.1 of 255 per image, largest pixel difference 34 (at sharp edges: the
+    Measured: MAE <= 2.04 of 255 per image, largest pixel difference 35 (at sharp edges: the
     reduced decode is a little sharper than averaging the full image)."""
     diff = cache_vs_full_decoding(jpeg_set, size, mode)
     assert diff.mean(axis=(1, 2, 3)).max() <= 3.0

@@ -174,6 +174,12 @@ def decode_rgb8(data: bytes, reduce: int = 1) -> np.ndarray:
     with `reduce` 2, 4 or 8 comes out that many times smaller (rounded up)."""
     if reduce == 1 or sniff_format(data) != "jpeg":
         return to_rgb8(decode(data))
+    return cv2.cvtColor(decode_reduced_bgr(data, reduce), cv2.COLOR_BGR2RGB)
+
+
+def decode_reduced_bgr(data: bytes, reduce: int) -> np.ndarray:
+    """A JPEG's bytes decoded `reduce` (2, 4 or 8) times smaller, HxWx3 uint8 in OpenCV's BGR
+    order (for a caller that turns it into RGB later, on fewer pixels)."""
     _check_complete(data, "jpeg")
     flags = _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
@@ -182,7 +188,7 @@ def decode_rgb8(data: bytes, reduce: int = 1) -> np.ndarray:
         raise BadImage(f"jpeg decoder error: {exc.err}") from None
     if image is None or image.size == 0:
         raise BadImage("corrupt JPEG (the decoder could not read it)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
