@@ -20,6 +20,7 @@ import logging
 import math
 import typing
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -357,12 +358,16 @@ def write_index(
 
 def read_manifest(path: str | Path) -> list[dict]:
     """Manifest rows with `label`, `width`, `height`, `channels`, `bit_depth` as ints."""
+    return list(iter_manifest(path))
+
+
+def iter_manifest(path: str | Path) -> Iterator[dict]:
+    """`read_manifest`'s rows one at a time, for a pass over a manifest too long to hold."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("label", "width", "height", "channels", "bit_depth"):
-            row[key] = int(row[key])
-    return rows
+        for row in csv.DictReader(f):
+            for key in ("label", "width", "height", "channels", "bit_depth"):
+                row[key] = int(row[key])
+            yield row
 
 
 def class_names(rows: list[dict]) -> list[str]:

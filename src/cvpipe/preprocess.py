@@ -49,7 +49,7 @@ from cvpipe.decode import (
     sniff_format,
 )
 from cvpipe.errors import CvpipeError
-from cvpipe.index import SPLITS, class_names, manifest_sha256, read_manifest, split_rows
+from cvpipe.index import SPLITS, iter_manifest, manifest_sha256
 from cvpipe.progress import Progress
 from cvpipe.settings import Resize
 
@@ -167,35 +167,49 @@ def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: i
 def write_split(
     pool: Executor,
     window: int,
-    members: list[dict],
+    members: Iterable[dict],
+    count: int,
     root: Path,
     target: Path,
     size: int,
     mode: str,
-) -> np.ndarray:
-    """Write one split's images to `target` (.npy, rows in manifest order, appended one by one
-    after the header so no row stays in memory) and return their 3 x 256 channel histograms."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write one split's `count` images to `target` (.npy, rows in manifest order, appended one
+    by one after the header, so neither rows nor images pile up in memory); return their labels
+    and 3 x 256 channel histograms."""
 
-    def prepare(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(row: dict) -> tuple[np.ndarray, np.ndarray, int]:
         stored = (row["width"], row["height"])
         image = load_resized(root / row["path"], row["sha256"], size, mode, stored)
-        return image, channel_histograms(image)
+        return image, channel_histograms(image), row["label"]
 
     hist = np.zeros((3, 256), np.int64)
+    labels = np.zeros(count, np.int64)
     header = {
         "descr": npy_format.dtype_to_descr(np.dtype(np.uint8)),
         "fortran_order": False,
-        "shape": (len(members), size, size, 3),
+        "shape": (count, size, size, 3),
     }
     split = target.name.removesuffix("_images.npy")
     with atomic.atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as f:
         npy_format.write_array_header_1_0(f, header)
-        with Progress(f"preprocess {split}", len(members), log) as progress:
-            for image, counts in in_order(pool, prepare, members, window):
+        with Progress(f"preprocess {split}", count, log) as progress:
+            for i, (image, counts, label) in enumerate(in_order(pool, prepare, members, window)):
                 f.write(np.ascontiguousarray(image).data)
                 hist += counts
+                labels[i] = label
                 progress.update()
-    return hist
+    return labels, hist
+
+
+def manifest_summary(manifest_path: str | Path) -> tuple[dict[str, int], list[str]]:
+    """Images per split and the class names in label order, in one pass over the manifest."""
+    counts = dict.fromkeys(SPLITS, 0)
+    names: dict[int, str] = {}
+    for row in iter_manifest(manifest_path):
+        counts[row["split"]] += 1
+        names[row["label"]] = row["class"]
+    return counts, [names[i] for i in range(len(names))]
 
 
 def preprocess(
@@ -210,26 +224,27 @@ def preprocess(
     if mode not in RESIZE_MODES:
         raise CvpipeError(f"preprocess.resize must be one of {RESIZE_MODES}, not {mode!r}")
     root, out = Path(data_root), Path(out_dir)
-    rows = read_manifest(manifest_path)
-    _check_space(out, sum(len(split_rows(rows, s)) for s in SPLITS), size)
+    # The manifest is streamed, not held: its rows would grow memory with the data set.
+    counts, classes = manifest_summary(manifest_path)
+    _check_space(out, sum(counts.values()), size)
     cv2.setNumThreads(1)  # parallelism comes from the thread pool below, one image per thread
-    counts, hists = {}, {}
+    hists = {}
     # Threads, not processes: decoding, resizing, hashing and reading release the GIL, and the
     # images need no copying between processes (see BENCHMARKS.md, "Preprocess").
     threads = max(1, threads)
     with ThreadPoolExecutor(threads) as pool:
         for split in SPLITS:
-            members = split_rows(rows, split)
-            counts[split] = len(members)
+            members = (r for r in iter_manifest(manifest_path) if r["split"] == split)
             target = out / f"{split}_images.npy"
-            hists[split] = write_split(pool, IN_FLIGHT * threads, members, root, target, size, mode)
-            labels = np.array([r["label"] for r in members], dtype=np.int64)
+            labels, hists[split] = write_split(
+                pool, IN_FLIGHT * threads, members, counts[split], root, target, size, mode
+            )
             with atomic.atomic_path(out / f"{split}_labels.npy", suffix=".npy") as tmp:
                 np.save(tmp, labels)
-            log.info("%s: %d images -> %s", split, len(members), out / f"{split}_images.npy")
+            log.info("%s: %d images -> %s", split, counts[split], target)
     mean, std = stats_from_histograms(hists["train"])
     stats = {
-        "classes": class_names(rows),
+        "classes": classes,
         "image_size": size,
         "resize": mode,
         "mean": mean,
