@@ -206,3 +206,22 @@ def test_progress_logs_a_line_per_interval_with_rate_and_time_left(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[1].startswith("index: 2/4 images (50%), ") and lines[1].endswith(" s left")
     assert lines[-1].startswith("index: 4/4 images (100%), ") and " img/s, done in " in lines[-1]
+
+
+@pytest.mark.slow
+def test_preprocess_benchmark_prints_rates_ratios_and_peak_memory(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "cvpipe", "bench", "preprocess", "--images", "16",
+               "--source-size", "64", "--size", "32", "--workers", "1", "--repeats", "2",
+               "--json", str(tmp_path / "bench.json")]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table[1:]] == ["1", "2", "median"]
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["images"] == 16
+    for row in rows:  # a fresh interpreter with OpenCV and NumPy, not this process's torch
+        assert 20 < row["preprocess_peak_rss_mib"] < 400
+        assert row["preprocess_s"] > 0 and row["baseline_s"] > 0 and row["index_s"] > 0
