@@ -19,11 +19,12 @@ import hashlib
 import logging
 import math
 import typing
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,8 @@ from cvpipe.progress import Progress
 from cvpipe.settings import OnBadImage, OnConflictingLabels
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = (
@@ -126,6 +129,18 @@ def check_file(root: Path, class_name: str, path: Path) -> Checked:
     )
 
 
+def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """`fn` over `items` on `pool`, results in order, at most `window` of them in flight: the
+    memory held stays the same however many items there are (`Executor.map` submits them all)."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        if len(pending) >= window:
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
+
+
 def split_counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
     """How many of `n` images go to val and test (rounded), the rest to train."""
     counts = {s: round(ratios[s] * n) for s in ("val", "test")}
@@ -188,8 +203,9 @@ def build_index(
     classes = _class_names(root)
     samples = list(datatree.iter_samples(root))
     checked: list[Checked] = []
-    with ThreadPoolExecutor(max(1, threads)) as pool, Progress("index", len(samples), log) as bar:
-        for one in pool.map(lambda s: check_file(root, *s), samples):
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads) as pool, Progress("index", len(samples), log) as bar:
+        for one in in_order(pool, lambda s: check_file(root, *s), samples, 4 * threads):
             checked.append(one)
             bar.update()
     bad = [c for c in checked if c.problem]

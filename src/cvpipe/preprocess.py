@@ -29,11 +29,9 @@ import hashlib
 import logging
 import math
 import typing
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -49,13 +47,11 @@ from cvpipe.decode import (
     sniff_format,
 )
 from cvpipe.errors import CvpipeError
-from cvpipe.index import SPLITS, iter_manifest, manifest_sha256
+from cvpipe.index import SPLITS, in_order, iter_manifest, manifest_sha256
 from cvpipe.progress import Progress
 from cvpipe.settings import Resize
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 # Images decoded ahead of the writer, per thread: enough to keep every thread busy.
 IN_FLIGHT = 4
 
@@ -150,18 +146,6 @@ def _check_space(out: Path, n_images: int, size: int) -> None:
             f"{short} (the {size}px cache of {n_images} images; lower train.image_size for a "
             "smaller one)"
         )
-
-
-def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """`fn` over `items` on `pool`, results in order, at most `window` of them in flight: the
-    memory held stays the same however many items there are (`Executor.map` submits them all)."""
-    pending: deque[Future[R]] = deque()
-    for item in items:
-        if len(pending) >= window:
-            yield pending.popleft().result()
-        pending.append(pool.submit(fn, item))
-    while pending:
-        yield pending.popleft().result()
 
 
 def write_split(
