@@ -1,4 +1,5 @@
-"""Benchmarks: `cvpipe bench loader` (data loading) and `cvpipe bench train` (training steps).
+"""Benchmarks: `cvpipe bench loader` (data loading), `cvpipe bench train` (training steps),
+`cvpipe bench predict` (inference on files) and `cvpipe bench preprocess` (building the cache).
 
 `cvpipe bench loader`: train-time loader throughput, cvpipe's cache vs torchvision ImageFolder.
 
@@ -21,6 +22,10 @@ must stay within 2x of the cache: predict decodes every image, evaluate decoded 
 of `cvpipe.train`, with its AMP, channels-last and compile settings) fed by (a) the pipeline's
 loader (cache -> pinned memory -> device, augmentation on the device) and (b) one batch already
 resident on the device, the upper limit; each for the requested AMP mode, fp32, and compiled.
+
+`cvpipe bench preprocess`: cvpipe's index and preprocess stages (each in a fresh Python that
+reports its time and peak RSS) against PIL + torchvision Resize + CenterCrop in a process pool,
+on the same JPEGs with the same number of workers, run after run (BENCHMARKS.md, "Preprocess").
 """
 
 from __future__ import annotations
