@@ -398,6 +398,9 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     add_bench_predict(
         bench.add_parser("predict", help="cvpipe predict on files vs evaluate on the cache, img/s")
     )
+    add_bench_preprocess(
+        bench.add_parser("preprocess", help="index + preprocess vs PIL + torchvision, img/s, RSS")
+    )
 
 
 def add_bench_loader(b: argparse.ArgumentParser) -> None:
@@ -462,6 +465,26 @@ def add_bench_predict(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-size", type=int, default=256, help="evaluate's batch size")
     b.add_argument("--threads", type=int)
     b.set_defaults(func=run_bench_predict)
+
+
+def add_bench_preprocess(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--data-root", help="ImageFolder tree of JPEGs (default: draw the built-in set)")
+    b.add_argument("--images", type=int, default=2000, help="size of the drawn set")
+    b.add_argument("--source-size", type=int, default=512, help="side of the drawn JPEGs")
+    b.add_argument("--size", type=int, default=224, help="cache side (Resize + CenterCrop)")
+    b.add_argument("--workers", type=int, default=2, help="threads of cvpipe, processes of PIL")
+    b.add_argument("--repeats", type=int, default=3, help="runs of each, in turn")
+    b.add_argument("--json", help="also write the results here")
+    b.set_defaults(func=run_bench_preprocess)
+
+
+def run_bench_preprocess(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_preprocess
+
+    bench_preprocess(
+        data_root=a.data_root, images=a.images, source_size=a.source_size, size=a.size,
+        workers=a.workers, repeats=a.repeats, json_path=a.json,
+    )  # fmt: skip
 
 
 def run_bench_loader(a: argparse.Namespace) -> None:
