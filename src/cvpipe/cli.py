@@ -131,6 +131,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
     p.add_argument("--provenance", required=True, help="provenance.json to write")
     p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
+    p.add_argument(
+        "--cache-scratch", metavar="DIR", required=True,
+        help="copy the cache to this node-local folder first and train from the copy "
+        "($VARS expanded in this job; config cache_scratch); '' = train from --cache-dir",
+    )  # fmt: skip
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -144,6 +149,7 @@ def run_train(a: argparse.Namespace) -> None:
     train(
         cfg=TrainConfig.from_dict(values), cache_dir=a.cache_dir, model_path=a.model,
         history_path=a.history, provenance_path=a.provenance, threads=a.threads,
+        cache_scratch=a.cache_scratch,
     )  # fmt: skip
 
 
