@@ -28,7 +28,6 @@ from torchvision.transforms import v2
 
 from cvpipe.preprocess import resize_square
 
-
 QUALITY, NOISE = 92, 8.0
 
 
