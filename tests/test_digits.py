@@ -105,4 +105,5 @@ def test_workflow_learns_real_digits_by_config_path_only(digits, tmp_path):
     )
     metrics = json.loads((tmp_path / "run" / "results/resnet18/eval/metrics.json").read_text())
     print("digits test accuracy", metrics["accuracy"])
-    assert metrics["accuracy"] > 0.5  # chance is 0.1
+    # Measured 0.59 on main 3ebfa0e (surface policy, 32 px, 3 epochs); chance is 0.1.
+    assert metrics["accuracy"] > 0.35

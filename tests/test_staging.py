@@ -87,3 +87,20 @@ def test_an_unset_variable_is_named(tiny_cache, monkeypatch):
     monkeypatch.delenv("SLURM_TMPDIR", raising=False)
     with pytest.raises(CvpipeError, match=r"'\$SLURM_TMPDIR': a variable in it is not set"):
         staging.stage_cache(tiny_cache / "cache", "$SLURM_TMPDIR", DistEnv())
+
+
+def test_under_ddp_one_rank_copies_and_every_rank_trains_from_the_copy(tiny_cache, tmp_path):
+    out, node = tmp_path / "ddp", tmp_path / "node"
+    cmd = [
+        str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "cvpipe", "train",
+        "--config", json.dumps({**TINY, "ddp_processes": 2}),
+        "--cache-dir", str(tiny_cache / "cache"), "--model", str(out / "model.pt"),
+        "--history", str(out / "history.csv"), "--provenance", str(out / "provenance.json"),
+        "--threads", "1", "--cache-scratch", str(node),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=tool_env(), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("cache_scratch: training from") == 1  # local rank 0 copied
+    (copy,) = (node / "cvpipe-cache").iterdir()
+    assert len(list(copy.iterdir())) == 7 and not list(copy.glob(".*"))  # no temp files left
+    assert (out / "model.pt").exists()
