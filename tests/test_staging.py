@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN, tool_env
+from helpers import BIN, snakemake, tool_env
 
 from cvpipe import atomic, staging
 from cvpipe.distributed import DistEnv
@@ -104,3 +104,13 @@ def test_under_ddp_one_rank_copies_and_every_rank_trains_from_the_copy(tiny_cach
     (copy,) = (node / "cvpipe-cache").iterdir()
     assert len(list(copy.iterdir())) == 7 and not list(copy.glob(".*"))  # no temp files left
     assert (out / "model.pt").exists()
+
+
+def test_the_rule_passes_the_folder_quoted_for_the_job_to_expand(tmp_path):
+    planned = snakemake(
+        tmp_path, "--dry-run", "--printshellcmds", "results/resnet18/train/model.pt",
+        "--config", "cache_scratch=$SLURM_TMPDIR/cvpipe",
+    ).stdout  # fmt: skip
+    assert "--cache-scratch '$SLURM_TMPDIR/cvpipe' >" in planned
+    unset = snakemake(tmp_path, "--dry-run", "--printshellcmds", "results/resnet18/train/model.pt")
+    assert "--cache-scratch '' >" in unset.stdout
