@@ -29,16 +29,16 @@ from pathlib import Path
 from cvpipe import atomic, distributed
 from cvpipe.distributed import DistEnv
 from cvpipe.errors import CvpipeError
-from cvpipe.index import SPLITS
 
 log = logging.getLogger(__name__)
 
 
-def cache_file_names() -> list[str]:
-    """The files training reads from a cache folder (stats.json last: the copy's end)."""
-    return [f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")] + [
-        "stats.json"
-    ]
+def cache_file_names(cache_dir: Path) -> list[str]:
+    """The files training reads from a cache folder: every split's images and labels, and
+    stats.json last (found by name: importing cvpipe.index for its split names would put the
+    index's code into training's fingerprint, cvpipe.stagecode)."""
+    splits = sorted(cache_dir.glob("*_images.npy")) + sorted(cache_dir.glob("*_labels.npy"))
+    return [path.name for path in splits] + ["stats.json"]
 
 
 def expand_folder(scratch: str) -> Path:
@@ -65,7 +65,7 @@ def staged_folder(cache_dir: str | Path, scratch: str) -> Path:
 def _copy_missing(cache_dir: Path, target: Path) -> tuple[int, int]:
     """Copy the files of `cache_dir` that `target` lacks; returns (files copied, bytes copied)."""
     todo: list[tuple[Path, Path]] = []
-    for name in cache_file_names():
+    for name in cache_file_names(cache_dir):
         source, copy = cache_dir / name, target / name
         if not source.is_file():
             raise CvpipeError(f"{source} is missing: rerun the preprocess stage.")
