@@ -65,6 +65,21 @@ def run_synth(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_digits(p: argparse.ArgumentParser) -> None:
+    """Write scikit-learn's handwritten digits (1,797 real 8x8 images) as an ImageFolder."""
+    p.add_argument("out", help="folder to write: OUT/<digit>/<index>.png")
+    p.add_argument(
+        "--scale", type=int, default=1,
+        help="write each image N times larger, nearest neighbour (default 1: native 8x8)",
+    )  # fmt: skip
+
+
+def run_digits(a: argparse.Namespace) -> None:
+    from cvpipe.digits import write_digits
+
+    write_digits(out_dir=a.out, scale=a.scale)
+
+
 def add_index(p: argparse.ArgumentParser) -> None:
     """Decode-check the data, split it and write the manifest."""
     from cvpipe.settings import OnBadImage, OnConflictingLabels
@@ -116,6 +131,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
     p.add_argument("--provenance", required=True, help="provenance.json to write")
     p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
+    p.add_argument(
+        "--cache-scratch", metavar="DIR", required=True,
+        help="copy the cache to this node-local folder first and train from the copy "
+        "($VARS expanded in this job; config cache_scratch); '' = train from --cache-dir",
+    )  # fmt: skip
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -129,6 +149,7 @@ def run_train(a: argparse.Namespace) -> None:
     train(
         cfg=TrainConfig.from_dict(values), cache_dir=a.cache_dir, model_path=a.model,
         history_path=a.history, provenance_path=a.provenance, threads=a.threads,
+        cache_scratch=a.cache_scratch,
     )  # fmt: skip
 
 
@@ -523,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for add, run in (
-        (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
+        (add_synth, run_synth), (add_digits, run_digits), (add_index, run_index),
+        (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
         (add_plots, run_plots), (add_gradcam, run_gradcam), (add_export, run_export),
         (add_compare, run_compare), (add_model_card, run_model_card),

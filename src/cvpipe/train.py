@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from cvpipe import calibration, checkpoint, distributed, provenance, runtime
+from cvpipe import calibration, checkpoint, distributed, provenance, runtime, staging
 from cvpipe.checkpoint import EpochProgress
 from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
@@ -106,11 +106,13 @@ def train(
     history_path: str | Path,
     provenance_path: str | Path | None = None,
     threads: int | None = None,
+    cache_scratch: str | None = None,
 ) -> dict[str, Any]:
     """Train one experiment; returns the best epoch's validation metrics.
 
-    Reads `cache_dir` (the preprocess stage's output for `cfg.image_size`), writes `model_path`,
-    `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
+    Reads `cache_dir` (the preprocess stage's output for `cfg.image_size`), or its copy in the
+    node-local folder `cache_scratch` (`cvpipe.staging`); writes `model_path`, `history_path`
+    and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
     started = time.time()
     runtime.set_threads(threads, per_local_process=True)
@@ -122,6 +124,8 @@ def train(
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
+        if cache_scratch:
+            cache_dir = staging.stage_cache(cache_dir, cache_scratch, env)
         return _train(cfg, cache_dir, model_path, history_path, provenance_path, env, started)
     finally:
         distributed.shutdown()
