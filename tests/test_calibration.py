@@ -161,7 +161,7 @@ def test_two_processes_fit_the_temperature_of_the_whole_validation_split(tiny_ca
         "--config", config, "--cache-dir", str(tiny_cache / "cache"),
         "--model", str(out / "model.pt"), "--history", str(out / "history.csv"),
         "--provenance", str(out / "provenance.json"),
-        "--threads", "1",
+        "--threads", "1", "--cache-scratch", "",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=tool_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

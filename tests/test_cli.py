@@ -45,7 +45,7 @@ def test_missing_data_root_is_one_line(tmp_path):
 
 def test_bad_training_settings_are_named(tmp_path):
     args = ["--cache-dir", str(tmp_path), "--model", "m.pt", "--history", "h.csv"]
-    args += ["--provenance", "p.json", "--threads", "1"]
+    args += ["--provenance", "p.json", "--threads", "1", "--cache-scratch", ""]
     proc = cvpipe("train", "--config", "{not json", *args)
     assert proc.returncode == 1 and "--config is not valid JSON" in proc.stderr
     proc = cvpipe("train", "--config", '{"epoch": 3}', *args)

@@ -101,7 +101,7 @@ def train_command(processes: int, cache: Path, out: Path) -> list[str]:
         "--provenance",
         str(out / "provenance.json"),
     ]
-    return [*launcher, "train", "--config", config, *paths, "--threads", "2"]
+    return [*launcher, "train", "--config", config, *paths, "--threads", "2", "--cache-scratch", ""]
 
 
 def alive(pid: int) -> bool:
@@ -190,7 +190,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(tiny_cache, tmp_path):
         "--provenance",
         str(out / "provenance.json"),
     ]
-    cmd = [*torchrun, "train", "--config", config, *paths, "--threads", "1"]
+    cmd = [*torchrun, "train", "--config", config, *paths, "--threads", "1", "--cache-scratch", ""]
     proc = subprocess.Popen(
         cmd,
         env=tool_env(),

@@ -172,3 +172,45 @@ def test_class_too_small_for_split_is_named(tmp_path):
 def test_missing_root_is_named(tmp_path):
     with pytest.raises(CvpipeError, match=r"data\.root .*nowhere.* is not a folder"):
         build_index(tmp_path / "nowhere", RATIOS, seed=0)
+
+
+def full_verdict(data: bytes) -> str:
+    """What the index said before it decoded plain JPEGs reduced: full decode + Pillow's read."""
+    from cvpipe.decode import BadImage, check_stream, decode
+
+    try:
+        image = decode(data)
+        check_stream(data)
+    except BadImage as exc:
+        return str(exc)
+    return f"{image.shape[1]}x{image.shape[0]}x{1 if image.ndim == 2 else image.shape[2]}"
+
+
+def test_jpeg_check_without_full_decoding_gives_the_full_decodes_verdicts():
+    """Cut JPEGs (with and without an end marker), bytes flipped mid-stream, grey and colour:
+    the index's reduced check (`check_jpeg`) finds the same problems and the same sizes."""
+    from cvpipe.decode import BadImage, check_jpeg
+
+    rng = np.random.default_rng(3)
+    verdicts = set()
+    for seed in range(12):
+        image = cv2.GaussianBlur(
+            noise(96, 80, channels=1 if seed % 3 == 0 else 3, seed=seed), (5, 5), 2
+        )
+        good = cv2.imencode(".jpg", image)[1].tobytes()
+        sos = good.index(b"\xff\xda")
+        cut = int(rng.integers(sos + 20, len(good) - 10))
+        flipped = bytearray(good)
+        middle = int(rng.integers(sos + 20, len(good) - 120))
+        for i in range(middle, middle + 100):
+            flipped[i] ^= 0xA5
+        for data in (good, good[:cut], good[:cut] + b"\xff\xd9", bytes(flipped)):
+            try:
+                facts = check_jpeg(data)
+                assert facts is not None
+                fast = f"{facts[0]}x{facts[1]}x{facts[2]}"
+            except BadImage as exc:
+                fast = str(exc)
+            assert fast == full_verdict(data)
+            verdicts.add(fast.split(" (")[0])
+    assert {"80x96x1", "80x96x3", "truncated JPEG", "corrupt JPEG data"} <= verdicts

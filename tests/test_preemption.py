@@ -99,6 +99,8 @@ def test_real_signal_checkpoints_and_exits_75(tiny_cache, uninterrupted, tmp_pat
         *paths,
         "--threads",
         "2",
+        "--cache-scratch",
+        "",
     ]
     proc = subprocess.Popen(
         cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -174,6 +176,7 @@ def test_sigusr1_to_torchrun_under_the_relay_checkpoints_the_workers(longer_cach
         "--config", json.dumps(settings), "--cache-dir", str(longer_cache),
         "--model", str(tmp_path / "model.pt"), "--history", str(tmp_path / "history.csv"),
         "--provenance", str(tmp_path / "provenance.json"), "--threads", "1",
+        "--cache-scratch", "",
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,4 +1,5 @@
-"""Benchmarks: `cvpipe bench loader` (data loading) and `cvpipe bench train` (training steps).
+"""Benchmarks: `cvpipe bench loader` (data loading), `cvpipe bench train` (training steps),
+`cvpipe bench predict` (inference on files) and `cvpipe bench preprocess` (building the cache).
 
 `cvpipe bench loader`: train-time loader throughput, cvpipe's cache vs torchvision ImageFolder.
 
@@ -21,6 +22,10 @@ must stay within 2x of the cache: predict decodes every image, evaluate decoded 
 of `cvpipe.train`, with its AMP, channels-last and compile settings) fed by (a) the pipeline's
 loader (cache -> pinned memory -> device, augmentation on the device) and (b) one batch already
 resident on the device, the upper limit; each for the requested AMP mode, fp32, and compiled.
+
+`cvpipe bench preprocess`: cvpipe's index and preprocess stages (each in a fresh Python that
+reports its time and peak RSS) against PIL + torchvision Resize + CenterCrop in a process pool,
+on the same JPEGs with the same number of workers, run after run (BENCHMARKS.md, "Preprocess").
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -418,3 +424,144 @@ def bench_predict(
         f"| {cache_rate:.0f} | {files_rate:.0f} | {cache_rate / files_rate:.2f} |"
     )
     return result
+
+
+# A fresh interpreter runs one stage function and reports its own time and peak RSS, so the
+# figure is the stage's alone (not this process's torch, nor the baseline's workers). The peak is
+# /proc's VmHWM: getrusage's ru_maxrss keeps the forking parent's peak across exec.
+_STAGE_CHILD = """
+import importlib, json, re, sys, time
+module, function, kwargs = json.loads(sys.argv[1])
+run = getattr(importlib.import_module(module), function)
+started = time.perf_counter()
+run(**kwargs)
+seconds = time.perf_counter() - started
+with open("/proc/self/status") as f:
+    peak_kib = int(re.search(r"VmHWM:\\s*(\\d+)", f.read()).group(1))
+print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_kib / 1024}))
+"""
+
+
+def _stage_in_child(module: str, function: str, **kwargs: Any) -> dict[str, float]:
+    """Run `cvpipe.<module>.<function>(**kwargs)` in a fresh Python: its seconds and peak RSS."""
+    import subprocess
+    import sys
+
+    args = json.dumps([f"cvpipe.{module}", function, kwargs], default=str)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")
+    ]))}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _STAGE_CHILD, args], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"{module}.{function} failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _pil_resize_crop(path: str, size: int) -> Any:
+    """The baseline's work for one file: PIL decode, RGB, torchvision Resize + CenterCrop."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        out = transforms.CenterCrop(size)(transforms.Resize(size)(image.convert("RGB")))
+    return np.asarray(out)
+
+
+def _pil_baseline(files: list[Path], size: int, workers: int) -> float:
+    """Seconds for PIL + torchvision over `files` in a pool of `workers` processes, the results
+    written into one N x size x size x 3 array in file order (what the cache holds)."""
+    import functools
+    import multiprocessing
+
+    import numpy as np
+
+    started = time.perf_counter()
+    out = np.empty((len(files), size, size, 3), np.uint8)
+    work = functools.partial(_pil_resize_crop, size=size)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for i, image in enumerate(pool.imap(work, map(str, files), chunksize=16)):
+            out[i] = image
+    return time.perf_counter() - started
+
+
+def bench_preprocess(
+    *,
+    data_root: str | None,
+    images: int,
+    source_size: int,
+    size: int,
+    workers: int,
+    repeats: int,
+    json_path: str | None,
+) -> list[dict]:
+    """cvpipe index + preprocess vs PIL + torchvision (Resize + CenterCrop) in a process pool,
+    on the same files with the same workers, `repeats` times in turn; prints a table."""
+    params = dict(locals())
+    resize = "crop"  # the baseline's Resize + CenterCrop
+    with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
+        work = Path(tmp)
+        root = Path(data_root) if data_root else work / "data"
+        if not data_root:
+            per_class = math.ceil(images / len(CLASSES))
+            seed = CONFIG_DEFAULTS["synth"]["seed"]
+            make_dataset(root, per_class, source_size, seed, "jpg", os.cpu_count() or 1)
+        index_args = {
+            "root": root, "manifest_path": work / "manifest.csv", "bad_path": work / "bad.csv",
+            "ratios": DATA["split"], "seed": DATA["split_seed"], "on_bad_image": "skip",
+            "threads": workers,
+        }  # fmt: skip
+        prep_args = {
+            "manifest_path": work / "manifest.csv", "data_root": root, "out_dir": work / "cache",
+            "size": size, "mode": resize, "threads": workers,
+        }  # fmt: skip
+        rows = []
+        for run in range(repeats):
+            index = _stage_in_child("index", "write_index", **index_args)
+            prep = _stage_in_child("preprocess", "preprocess", **prep_args)
+            files = [root / r["path"] for r in read_manifest(work / "manifest.csv")]
+            base_s = _pil_baseline(files, size, workers)
+            rows.append({
+                "run": run + 1, "images": len(files), "index_s": index["seconds"],
+                "preprocess_s": prep["seconds"], "baseline_s": base_s,
+                "preprocess_peak_rss_mib": prep["peak_rss_mib"],
+                "index_peak_rss_mib": index["peak_rss_mib"],
+            })  # fmt: skip
+    _report_preprocess(rows, params)
+    return rows
+
+
+def _report_preprocess(rows: list[dict], params: dict) -> None:
+    """Print `bench_preprocess`'s table; with `json_path` in `params`, write it as JSON too."""
+    import cv2
+    import PIL
+
+    n = rows[0]["images"]
+    print(
+        f"\nPreprocess benchmark: {n} JPEGs "
+        f"({params['data_root'] or str(params['source_size']) + ' px, drawn'}) -> "
+        f"{params['size']} px crop, {params['workers']} workers, {os.cpu_count()} CPUs "
+        f"({runtime.device_name(torch.device('cpu'))}), OpenCV {cv2.__version__}, "
+        f"Pillow {PIL.__version__}, torchvision {torchvision.__version__}\n"
+    )
+    print(
+        "| run | PIL+torchvision img/s | cvpipe preprocess img/s | ratio | index+preprocess img/s"
+        " | ratio | preprocess peak RSS MiB | index peak RSS MiB |\n" + "|---" * 8 + "|"
+    )
+    median = {
+        key: statistics.median(r[key] for r in rows)
+        for key in ("index_s", "preprocess_s", "baseline_s", "preprocess_peak_rss_mib",
+                    "index_peak_rss_mib")
+    }  # fmt: skip
+    for r in [*rows, {**median, "run": "median"}]:
+        base, prep = n / r["baseline_s"], n / r["preprocess_s"]
+        both = n / (r["index_s"] + r["preprocess_s"])
+        print(
+            f"| {r['run']} | {base:.0f} | {prep:.0f} | {prep / base:.2f}x | {both:.0f} | "
+            f"{both / base:.2f}x | {r['preprocess_peak_rss_mib']:.0f} | "
+            f"{r['index_peak_rss_mib']:.0f} |"
+        )
+    if params["json_path"]:
+        record = {"args": params, "rows": rows}
+        atomic.write_text(params["json_path"], json.dumps(record, indent=2, default=str))

@@ -1,8 +1,9 @@
 """Training checkpoints: what they hold, how a run resumes from one, atomic saving, safe loading.
 
 `training_state` is the schema of `last.pt`: the (unwrapped) model, optimizer, LR scheduler and
-GradScaler states, the epoch it completed (or, with `progress`, how far into it a stopped run
-got), the best validation result so far, the per-epoch history, every RNG state of every rank
+GradScaler states, the EMA of the weights with its update count (key `ema`, only where the run
+keeps one), the epoch it completed (or, with `progress`, how far into it a stopped run got), the
+best validation result so far, the per-epoch history, every RNG state of every rank
 (Python, NumPy, torch CPU and CUDA, the augmentation generator) and the identity (config, data
 and runtime) it was trained with. `try_resume` loads it back only for the same identity, and
 `restore` puts it into a run's parts. Only tensors, numbers, strings, lists and dicts are
@@ -131,6 +132,10 @@ class Resumable(Protocol):
     scaler: torch.amp.GradScaler
     aug_generator: torch.Generator
 
+    @property
+    def ema(self) -> nn.Module | None:  # `cvpipe.ema.EmaModel` where the run keeps one
+        ...
+
 
 def training_state(
     parts: Resumable,
@@ -146,6 +151,8 @@ def training_state(
     completed, or, with `progress`, in the middle of it. A collective call (RNG states of every
     rank are gathered), so every rank must make it."""
     rng = {"process": rng_state(), "augment": parts.aug_generator.get_state()}
+    # Only a run with an EMA has the key, so a run without one writes what it always did.
+    ema = {} if parts.ema is None else {"ema": parts.ema.state_dict()}
     return {
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
@@ -158,6 +165,7 @@ def training_state(
         "rng_by_rank": distributed.gather_objects(rng, env),
         "identity": identity,
         "config": config,
+        **ema,
     }
 
 
@@ -167,6 +175,8 @@ def restore(parts: Resumable, state: dict, env: DistEnv) -> None:
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
+    if parts.ema is not None:  # the identity (its ema_decay) says the checkpoint has one
+        parts.ema.load_state_dict(state["ema"])
     states = state["rng_by_rank"]
     if len(states) != env.world_size and state.get("progress"):
         log.warning(

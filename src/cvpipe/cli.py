@@ -65,6 +65,21 @@ def run_synth(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def add_digits(p: argparse.ArgumentParser) -> None:
+    """Write scikit-learn's handwritten digits (1,797 real 8x8 images) as an ImageFolder."""
+    p.add_argument("out", help="folder to write: OUT/<digit>/<index>.png")
+    p.add_argument(
+        "--scale", type=int, default=1,
+        help="write each image N times larger, nearest neighbour (default 1: native 8x8)",
+    )  # fmt: skip
+
+
+def run_digits(a: argparse.Namespace) -> None:
+    from cvpipe.digits import write_digits
+
+    write_digits(out_dir=a.out, scale=a.scale)
+
+
 def add_index(p: argparse.ArgumentParser) -> None:
     """Decode-check the data, split it and write the manifest."""
     from cvpipe.settings import OnBadImage, OnConflictingLabels
@@ -116,6 +131,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", required=True, help="per-epoch metrics CSV to write")
     p.add_argument("--provenance", required=True, help="provenance.json to write")
     p.add_argument("--threads", type=int, required=True, help="torch CPU threads per process")
+    p.add_argument(
+        "--cache-scratch", metavar="DIR", required=True,
+        help="copy the cache to this node-local folder first and train from the copy "
+        "($VARS expanded in this job; config cache_scratch); '' = train from --cache-dir",
+    )  # fmt: skip
 
 
 def run_train(a: argparse.Namespace) -> None:
@@ -129,6 +149,7 @@ def run_train(a: argparse.Namespace) -> None:
     train(
         cfg=TrainConfig.from_dict(values), cache_dir=a.cache_dir, model_path=a.model,
         history_path=a.history, provenance_path=a.provenance, threads=a.threads,
+        cache_scratch=a.cache_scratch,
     )  # fmt: skip
 
 
@@ -398,6 +419,9 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     add_bench_predict(
         bench.add_parser("predict", help="cvpipe predict on files vs evaluate on the cache, img/s")
     )
+    add_bench_preprocess(
+        bench.add_parser("preprocess", help="index + preprocess vs PIL + torchvision, img/s, RSS")
+    )
 
 
 def add_bench_loader(b: argparse.ArgumentParser) -> None:
@@ -464,6 +488,26 @@ def add_bench_predict(b: argparse.ArgumentParser) -> None:
     b.set_defaults(func=run_bench_predict)
 
 
+def add_bench_preprocess(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--data-root", help="ImageFolder tree of JPEGs (default: draw the built-in set)")
+    b.add_argument("--images", type=int, default=2000, help="size of the drawn set")
+    b.add_argument("--source-size", type=int, default=512, help="side of the drawn JPEGs")
+    b.add_argument("--size", type=int, default=224, help="cache side (Resize + CenterCrop)")
+    b.add_argument("--workers", type=int, default=2, help="threads of cvpipe, processes of PIL")
+    b.add_argument("--repeats", type=int, default=3, help="runs of each, in turn")
+    b.add_argument("--json", help="also write the results here")
+    b.set_defaults(func=run_bench_preprocess)
+
+
+def run_bench_preprocess(a: argparse.Namespace) -> None:
+    from cvpipe.bench import bench_preprocess
+
+    bench_preprocess(
+        data_root=a.data_root, images=a.images, source_size=a.source_size, size=a.size,
+        workers=a.workers, repeats=a.repeats, json_path=a.json,
+    )  # fmt: skip
+
+
 def run_bench_loader(a: argparse.Namespace) -> None:
     from cvpipe.bench import bench_loader
 
@@ -500,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for add, run in (
-        (add_synth, run_synth), (add_index, run_index), (add_preprocess, run_preprocess),
+        (add_synth, run_synth), (add_digits, run_digits), (add_index, run_index),
+        (add_preprocess, run_preprocess),
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
         (add_plots, run_plots), (add_gradcam, run_gradcam), (add_export, run_export),
         (add_compare, run_compare), (add_model_card, run_model_card),

@@ -80,9 +80,9 @@ def _allowed(node: dict[str, Any]) -> str:
 
 
 def _type(node: dict[str, Any]) -> str:
-    if "type" in node:
-        kind = node["type"]
-        return kind if isinstance(kind, str) else " or ".join(kind)
+    if "type" in node:  # a list of types: `["null", "string"]` reads "null or string"
+        kinds = node["type"]
+        return " or ".join(kinds) if isinstance(kinds, list) else kinds
     if "enum" in node:
         return "string" if all(isinstance(v, str) for v in node["enum"]) else "enum"
     return ""

@@ -10,6 +10,12 @@ Conversion rule (applied by the index check and by preprocessing alike):
 - Palette images are expanded to their colours by the decoder.
 - EXIF orientation is not applied (neither does `ImageFolder`'s PIL loader).
 
+Reduced decoding (`decode_rgb8(data, reduce=2|4|8)`, for JPEG only): libjpeg scales the image
+down by that factor while decoding (its scaled inverse DCT, OpenCV's `IMREAD_REDUCED_COLOR_*`),
+which skips most of the decoding work when the image is to be shrunk anyway. Those flags would
+apply EXIF orientation; `IMREAD_IGNORE_ORIENTATION` keeps the rule above. Other formats ignore
+`reduce`.
+
 A file is bad when it is empty, not a recognised image, cut short (JPEG without its end-of-image
 marker, PNG without its IEND chunk: OpenCV would otherwise return the decoded part silently), or
 fails to decode. The index check also reads every JPEG's entropy-coded data with Pillow
@@ -77,11 +83,46 @@ def check_stream(data: bytes) -> None:
         image = Image.open(io.BytesIO(data))
     except Exception:  # not Pillow's to judge, see above
         return
+    _load_stream(image)
+
+
+def _load_stream(image: Image.Image) -> None:
     try:
         image.load()
     except OSError as exc:
         reason = str(exc).replace("broken data stream when reading image file", "").strip()
         raise BadImage(f"corrupt JPEG data ({reason or 'broken data stream'})") from None
+
+
+_JPEG_CHANNELS = {"L": 1, "RGB": 3}  # Pillow's modes of plain 8-bit JPEGs -> OpenCV's channels
+
+
+def check_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, channels, bit depth) of a plain 8-bit JPEG as `decode` gives them, after
+    the checks of `decode` and `check_stream` with the same verdicts, but decoded at 1/8 scale
+    (a scaled decode still reads all the compressed data, where corruption shows); None for
+    other data, which needs `decode` and `check_stream` in full."""
+    if sniff_format(data) != "jpeg":
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:  # OpenCV's verdict, in full
+        return None
+    channels = _JPEG_CHANNELS.get(image.mode)
+    if channels is None:
+        return None
+    _check_complete(data, "jpeg")
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        small = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise BadImage(f"jpeg decoder error: {exc.err}") from None
+    if small is None or small.size == 0:
+        raise BadImage("corrupt JPEG (the decoder could not read it)")
+    width, height = image.size
+    image.draft(image.mode, (width // 8, height // 8))
+    _load_stream(image)
+    return width, height, channels, 8
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -120,6 +161,41 @@ def decode(data: bytes) -> np.ndarray:
     return image
 
 
-def decode_rgb8(data: bytes) -> np.ndarray:
-    """Decode file bytes to HxWx3 uint8 RGB by the rule in this module's docstring."""
-    return to_rgb8(decode(data))
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+REDUCTIONS = (8, 4, 2)  # the factors of reduced decoding, largest first
+
+
+def decode_rgb8(data: bytes, reduce: int = 1) -> np.ndarray:
+    """Decode file bytes to HxWx3 uint8 RGB by the rule in this module's docstring; a JPEG
+    with `reduce` 2, 4 or 8 comes out that many times smaller (rounded up)."""
+    if reduce == 1 or sniff_format(data) != "jpeg":
+        return to_rgb8(decode(data))
+    return cv2.cvtColor(decode_reduced_bgr(data, reduce), cv2.COLOR_BGR2RGB)
+
+
+def decode_reduced_bgr(data: bytes, reduce: int) -> np.ndarray:
+    """A JPEG's bytes decoded `reduce` (2, 4 or 8) times smaller, HxWx3 uint8 in OpenCV's BGR
+    order (for a caller that turns it into RGB later, on fewer pixels)."""
+    _check_complete(data, "jpeg")
+    flags = _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise BadImage(f"jpeg decoder error: {exc.err}") from None
+    if image is None or image.size == 0:
+        raise BadImage("corrupt JPEG (the decoder could not read it)")
+    return image
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's header without decoding it; None for other formats."""
+    if sniff_format(data) != "jpeg":
+        return None
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # the decoder's verdict comes later
+        return None

@@ -19,19 +19,24 @@ import hashlib
 import logging
 import math
 import typing
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from cvpipe import atomic, datatree
-from cvpipe.decode import BadImage, check_stream, decode, to_rgb8
+from cvpipe.decode import BadImage, check_jpeg, check_stream, decode, to_rgb8
 from cvpipe.errors import CvpipeError
+from cvpipe.progress import Progress
 from cvpipe.settings import OnBadImage, OnConflictingLabels
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = (
@@ -55,41 +60,85 @@ class Checked:
     problem: str = ""
 
 
-def read_image(path: Path) -> tuple[bytes, np.ndarray, np.ndarray] | str:
-    """The file's bytes, its image as stored and as H x W x 3 uint8 RGB; or, for a bad file,
-    why (the index's rules, which `cvpipe predict` applies to its inputs too)."""
+def _read_bytes(path: Path) -> bytes | str:
+    """The file's bytes, or why it cannot be read."""
     problem = datatree.unreadable(path)
     if problem:
         return problem
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
+
+
+def read_image(path: Path) -> tuple[bytes, np.ndarray, np.ndarray] | str:
+    """The file's bytes, its image as stored and as H x W x 3 uint8 RGB; or, for a bad file,
+    why (the index's rules, which `cvpipe predict` applies to its inputs too)."""
+    data = _read_bytes(path)
+    if isinstance(data, str):
+        return data
+    decoded = _decoded(data)
+    return decoded if isinstance(decoded, str) else (data, *decoded)
+
+
+def _decoded(data: bytes) -> tuple[np.ndarray, np.ndarray] | str:
+    """The image as stored and as RGB, or why the bytes are a bad image."""
     try:
         image = decode(data)
         check_stream(data)  # corruption that OpenCV decodes silently
-        return data, image, to_rgb8(image)  # the conversion preprocessing applies must work
+        return image, to_rgb8(image)  # the conversion preprocessing applies must work
     except BadImage as exc:
         return str(exc)
 
 
+def read_facts(path: Path) -> tuple[bytes, tuple[int, int, int, int]] | str:
+    """The file's bytes and its (width, height, channels, bit depth) as stored, or why it is bad:
+    `read_image`'s verdict, without decoding a plain JPEG at full resolution (`check_jpeg`)."""
+    data = _read_bytes(path)
+    if isinstance(data, str):
+        return data
+    try:
+        facts = check_jpeg(data)
+    except BadImage as exc:
+        return str(exc)
+    if facts is not None:
+        return data, facts
+    decoded = _decoded(data)
+    if isinstance(decoded, str):
+        return decoded
+    image = decoded[0]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return data, (image.shape[1], image.shape[0], channels, image.dtype.itemsize * 8)
+
+
 def check_file(root: Path, class_name: str, path: Path) -> Checked:
-    """Read, hash and decode one file; never raises for a bad image."""
+    """Read, hash and check one file; never raises for a bad image."""
     rel = path.relative_to(root).as_posix()
-    read = read_image(path)
+    read = read_facts(path)
     if isinstance(read, str):
         return Checked(class_name, rel, problem=read)
-    data, image, _ = read
-    channels = 1 if image.ndim == 2 else image.shape[2]
+    data, (width, height, channels, bit_depth) = read
     return Checked(
         class_name,
         rel,
         sha256=hashlib.sha256(data).hexdigest(),
-        width=image.shape[1],
-        height=image.shape[0],
+        width=width,
+        height=height,
         channels=channels,
-        bit_depth=image.dtype.itemsize * 8,
+        bit_depth=bit_depth,
     )
+
+
+def in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """`fn` over `items` on `pool`, results in order, at most `window` of them in flight: the
+    memory held stays the same however many items there are (`Executor.map` submits them all)."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        if len(pending) >= window:
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def split_counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
@@ -153,8 +202,12 @@ def build_index(
         )
     classes = _class_names(root)
     samples = list(datatree.iter_samples(root))
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        checked = list(pool.map(lambda s: check_file(root, *s), samples))
+    checked: list[Checked] = []
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads) as pool, Progress("index", len(samples), log) as bar:
+        for one in in_order(pool, lambda s: check_file(root, *s), samples, 4 * threads):
+            checked.append(one)
+            bar.update()
     bad = [c for c in checked if c.problem]
     if bad and on_bad_image == "fail":
         raise CvpipeError(
@@ -321,12 +374,16 @@ def write_index(
 
 def read_manifest(path: str | Path) -> list[dict]:
     """Manifest rows with `label`, `width`, `height`, `channels`, `bit_depth` as ints."""
+    return list(iter_manifest(path))
+
+
+def iter_manifest(path: str | Path) -> Iterator[dict]:
+    """`read_manifest`'s rows one at a time, for a pass over a manifest too long to hold."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in ("label", "width", "height", "channels", "bit_depth"):
-            row[key] = int(row[key])
-    return rows
+        for row in csv.DictReader(f):
+            for key in ("label", "width", "height", "channels", "bit_depth"):
+                row[key] = int(row[key])
+            yield row
 
 
 def class_names(rows: list[dict]) -> list[str]:

@@ -5,7 +5,8 @@ model DDP-wrapped and/or compiled), AdamW without weight decay on biases and nor
 linear warm-up then cosine decay of the learning rate per step, cross-entropy with label
 smoothing, the autocast context and GradScaler of the AMP setting (`cvpipe.runtime`), and the
 train (augmenting, random crops from the cache) and eval (centre crop of the cache) transforms of
-uint8 batches on the device (`cvpipe.augment`).
+uint8 batches on the device (`cvpipe.augment`), and, where configured, the EMA of the weights
+(`cvpipe.ema`) and Mixup/CutMix (`cvpipe.mixing`).
 `batch_size` is the global batch: each process loads its share.
 """
 
@@ -27,6 +28,8 @@ from torch.utils.data import DataLoader
 from cvpipe import augment, runtime
 from cvpipe.data import CacheSplit, build_loader
 from cvpipe.distributed import DistEnv
+from cvpipe.ema import EmaModel
+from cvpipe.mixing import Mixing
 from cvpipe.models import build_model
 
 if TYPE_CHECKING:
@@ -58,6 +61,9 @@ class Parts:
     mean: list[float]
     std: list[float]
     amp: str  # the autocast dtype's name, or "off"
+    ema: EmaModel | None = None  # the EMA of the plain model's weights (`ema_decay`), or None
+    # Mixup/CutMix of a normalised batch and its labels -> mixed batch, soft targets; or None.
+    mix: Mixing | None = None
 
 
 def build_loaders(
@@ -155,7 +161,16 @@ def build_parts(cfg: TrainConfig, stats: dict, cache_dir: str | Path, env: DistE
         mean=mean,
         std=std,
         amp=str(dtype).removeprefix("torch.") if dtype else "off",
+        ema=None if cfg.ema_decay is None else EmaModel(model, cfg.ema_decay),
+        mix=_mixing(cfg, len(stats["classes"]), generator),
     )
+
+
+def _mixing(cfg: TrainConfig, num_classes: int, generator: torch.Generator) -> Mixing | None:
+    """Mixup/CutMix drawing from the augmentation generator; None when both alphas are 0."""
+    if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+        return None
+    return Mixing(cfg.mixup_alpha, cfg.cutmix_alpha, num_classes, generator)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):

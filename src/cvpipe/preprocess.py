@@ -11,39 +11,63 @@ Resize rules (`preprocess.resize`):
   `Resize(S)` + `CenterCrop(S)`);
 - `letterbox`: scale the longer side to S and pad the rest with black, keeping the whole image.
 
-Downscaling uses `INTER_AREA` (no aliasing), upscaling `INTER_LINEAR`.
+Downscaling uses `INTER_AREA` (no aliasing), upscaling `INTER_LINEAR`. A JPEG at least 2, 4 or
+8 times larger than it needs to be is first reduced by that factor while decoding
+(`cvpipe.decode`), then shrunk the rest of the way (less than 2x) with `INTER_LINEAR`: the result
+differs from a full-resolution decode + `INTER_AREA` by about one grey level on average
+(tests/test_preprocess.py states the bounds).
+
+Each file is read once (bytes -> sha256 check -> decode); the threads that decode also count
+each channel's values (integer histograms), which give the exact mean and std. Rows are written
+in order as they are ready, with a bounded number in flight, so memory does not grow with the
+number of images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import typing
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-from numpy.lib.format import open_memmap
+from numpy.lib import format as npy_format
 
 from cvpipe import atomic
-from cvpipe.decode import BadImage, decode_rgb8
+from cvpipe.decode import (
+    REDUCTIONS,
+    BadImage,
+    decode_reduced_bgr,
+    decode_rgb8,
+    jpeg_size,
+    sniff_format,
+)
 from cvpipe.errors import CvpipeError
-from cvpipe.index import SPLITS, class_names, manifest_sha256, read_manifest, split_rows
+from cvpipe.index import SPLITS, in_order, iter_manifest, manifest_sha256
+from cvpipe.progress import Progress
 from cvpipe.settings import Resize
 
 log = logging.getLogger(__name__)
+# Images decoded ahead of the writer, per thread: enough to keep every thread busy.
+IN_FLIGHT = 4
 
 RESIZE_MODES: tuple[str, ...] = typing.get_args(Resize)
 
 
-def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Resize an HxWx3 image to size x size by the rule `mode` (see the module docstring)."""
+def resize_square(
+    image: np.ndarray, size: int, mode: str, downscale: int = cv2.INTER_AREA
+) -> np.ndarray:
+    """Resize an HxWx3 image to size x size by the rule `mode` (see the module docstring),
+    shrinking with the OpenCV interpolation `downscale`."""
     h, w = image.shape[:2]
     fit = min if mode == "crop" else max
     scale = size / fit(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    interp = downscale if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else image
     if mode == "crop":
         top, left = (nh - size) // 2, (nw - size) // 2
@@ -56,29 +80,60 @@ def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     return out
 
 
-def load_resized(path: Path, sha256: str, size: int, mode: str) -> np.ndarray:
-    """Decode one original and resize it; the file must still match the manifest's hash."""
+def reduction(width: int, height: int, size: int, mode: str) -> int:
+    """The largest reduced-decoding factor (8, 4, 2, else 1) that still leaves the side the
+    resize rule scales to `size` (shorter for crop, longer for letterbox) at least `size`."""
+    side = min(width, height) if mode == "crop" else max(width, height)
+    return next((k for k in REDUCTIONS if side >= k * size), 1)
+
+
+def decode_resized(data: bytes, size: int, mode: str, stored: tuple[int, int] | None) -> np.ndarray:
+    """Decode file bytes (a JPEG reduced while decoding where it is at least twice the size it
+    is scaled to; `stored` = its (width, height), else read from its header) and resize."""
+    stored = stored or jpeg_size(data)
+    factor = reduction(*stored, size, mode) if stored else 1
+    if factor == 1 or sniff_format(data) != "jpeg":
+        return resize_square(decode_rgb8(data), size, mode)
+    # Less than 2x is left to shrink after a reduced decode: bilinear is as close to the full
+    # decode + INTER_AREA as INTER_AREA itself is (measured), at a third of its time. Colour
+    # order is swapped last, on the smaller image (it commutes with resizing and padding).
+    small = resize_square(decode_reduced_bgr(data, factor), size, mode, cv2.INTER_LINEAR)
+    return cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_BGR2RGB)
+
+
+def load_resized(
+    path: Path, sha256: str, size: int, mode: str, stored: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode one original and resize it, as the cache holds it; the file is read once and must
+    still match the manifest's hash. `stored`: its (width, height) from the manifest."""
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise CvpipeError(f"{path} changed since it was indexed; rerun the workflow to re-index.")
     try:
-        return resize_square(decode_rgb8(data), size, mode)
+        return decode_resized(data, size, mode, stored)
     except BadImage as exc:  # indexed as good, so this means the file changed underneath us
         raise CvpipeError(f"{path}: {exc}") from None
 
 
-def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a uint8 N x H x W x 3 array, on the 0..1 scale."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
-        total += block.sum(0)
-        total_sq += np.square(block).sum(0)
-    count = images.shape[0] * images.shape[1] * images.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return mean.tolist(), std.tolist()
+def channel_histograms(image: np.ndarray) -> np.ndarray:
+    """3 x 256 counts of each channel's values in an H x W x 3 uint8 image (int64)."""
+    # calcHist releases the GIL and needs no float copy; its float32 counts are exact up to
+    # 2**24 pixels per image, far above any cache size.
+    counts = [cv2.calcHist([image], [c], None, [256], [0, 256])[:, 0] for c in range(3)]
+    return np.stack(counts).astype(np.int64)
+
+
+def stats_from_histograms(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the 0..1 scale from 3 x 256 value counts, in exact integer
+    sums (Python ints) until the one division per channel."""
+    means, stds = [], []
+    for counts in hist.tolist():
+        n = sum(counts)
+        total = sum(c * v for v, c in enumerate(counts))
+        total_sq = sum(c * v * v for v, c in enumerate(counts))
+        means.append(total / n / 255)
+        stds.append(math.sqrt(max(n * total_sq - total * total, 0)) / n / 255)
+    return means, stds
 
 
 def _check_space(out: Path, n_images: int, size: int) -> None:
@@ -93,6 +148,54 @@ def _check_space(out: Path, n_images: int, size: int) -> None:
         )
 
 
+def write_split(
+    pool: Executor,
+    window: int,
+    members: Iterable[dict],
+    count: int,
+    root: Path,
+    target: Path,
+    size: int,
+    mode: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write one split's `count` images to `target` (.npy, rows in manifest order, appended one
+    by one after the header, so neither rows nor images pile up in memory); return their labels
+    and 3 x 256 channel histograms."""
+
+    def prepare(row: dict) -> tuple[np.ndarray, np.ndarray, int]:
+        stored = (row["width"], row["height"])
+        image = load_resized(root / row["path"], row["sha256"], size, mode, stored)
+        return image, channel_histograms(image), row["label"]
+
+    hist = np.zeros((3, 256), np.int64)
+    labels = np.zeros(count, np.int64)
+    header = {
+        "descr": npy_format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": (count, size, size, 3),
+    }
+    split = target.name.removesuffix("_images.npy")
+    with atomic.atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as f:
+        npy_format.write_array_header_1_0(f, header)
+        with Progress(f"preprocess {split}", count, log) as progress:
+            for i, (image, counts, label) in enumerate(in_order(pool, prepare, members, window)):
+                f.write(np.ascontiguousarray(image).data)
+                hist += counts
+                labels[i] = label
+                progress.update()
+    return labels, hist
+
+
+def manifest_summary(manifest_path: str | Path) -> tuple[dict[str, int], list[str]]:
+    """Images per split and the class names in label order, in one pass over the manifest."""
+    counts = dict.fromkeys(SPLITS, 0)
+    names: dict[int, str] = {}
+    for row in iter_manifest(manifest_path):
+        counts[row["split"]] += 1
+        names[row["label"]] = row["class"]
+    return counts, [names[i] for i in range(len(names))]
+
+
 def preprocess(
     manifest_path: str | Path,
     data_root: str | Path,
@@ -105,34 +208,27 @@ def preprocess(
     if mode not in RESIZE_MODES:
         raise CvpipeError(f"preprocess.resize must be one of {RESIZE_MODES}, not {mode!r}")
     root, out = Path(data_root), Path(out_dir)
-    rows = read_manifest(manifest_path)
-    _check_space(out, sum(len(split_rows(rows, s)) for s in SPLITS), size)
+    # The manifest is streamed, not held: its rows would grow memory with the data set.
+    counts, classes = manifest_summary(manifest_path)
+    _check_space(out, sum(counts.values()), size)
     cv2.setNumThreads(1)  # parallelism comes from the thread pool below, one image per thread
-    counts = {}
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    hists = {}
+    # Threads, not processes: decoding, resizing, hashing and reading release the GIL, and the
+    # images need no copying between processes (see BENCHMARKS.md, "Preprocess").
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads) as pool:
         for split in SPLITS:
-            members = split_rows(rows, split)
-            counts[split] = len(members)
-            with atomic.atomic_path(out / f"{split}_images.npy", suffix=".npy") as tmp:
-                images = open_memmap(
-                    tmp, mode="w+", dtype=np.uint8, shape=(len(members), size, size, 3)
-                )
-
-                def fill(i: int, images: np.ndarray = images, members: list = members) -> None:
-                    row = members[i]
-                    images[i] = load_resized(root / row["path"], row["sha256"], size, mode)
-
-                list(pool.map(fill, range(len(members))))
-                images.flush()
-                if split == "train":
-                    mean, std = channel_stats(images)
-                del images
-            labels = np.array([r["label"] for r in members], dtype=np.int64)
+            members = (r for r in iter_manifest(manifest_path) if r["split"] == split)
+            target = out / f"{split}_images.npy"
+            labels, hists[split] = write_split(
+                pool, IN_FLIGHT * threads, members, counts[split], root, target, size, mode
+            )
             with atomic.atomic_path(out / f"{split}_labels.npy", suffix=".npy") as tmp:
                 np.save(tmp, labels)
-            log.info("%s: %d images -> %s", split, len(members), out / f"{split}_images.npy")
+            log.info("%s: %d images -> %s", split, counts[split], target)
+    mean, std = stats_from_histograms(hists["train"])
     stats = {
-        "classes": class_names(rows),
+        "classes": classes,
         "image_size": size,
         "resize": mode,
         "mean": mean,

@@ -42,6 +42,9 @@ MONITORS: tuple[str, ...] = typing.get_args(Monitor)
 # still resumes (so a job can move between 1 and N processes). The device *type* and AMP dtype
 # they resolve to do count (`runtime` in the resume identity, see `train._start_or_resume`).
 _NOT_IDENTITY = ("resume", "num_workers", "device", "gpus", "ddp_processes")
+# Keys added after checkpoints existed, with the value that means "off": left out of the identity
+# while off, so a checkpoint made before they existed still resumes.
+_OFF_SINCE_ADDED = {"ema_decay": None, "mixup_alpha": 0, "cutmix_alpha": 0}
 
 
 def load_schema(path: Path = SCHEMA) -> dict[str, Any]:
@@ -180,6 +183,9 @@ class TrainConfig:
     weight_decay: float = _default("weight_decay")
     warmup_epochs: float = _default("warmup_epochs")
     label_smoothing: float = _default("label_smoothing")
+    ema_decay: float | None = _default("ema_decay")
+    mixup_alpha: float = _default("mixup_alpha")
+    cutmix_alpha: float = _default("cutmix_alpha")
     amp: Amp = _default("amp")
     channels_last: bool = _default("channels_last")
     compile: bool = _default("compile")
@@ -232,7 +238,11 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the trained weights (what resume compares)."""
-        return {k: v for k, v in self.as_dict().items() if k not in _NOT_IDENTITY}
+        return {
+            k: v
+            for k, v in self.as_dict().items()
+            if k not in _NOT_IDENTITY and not (k in _OFF_SINCE_ADDED and v == _OFF_SINCE_ADDED[k])
+        }
 
 
 def cache_side(settings: dict[str, Any], resize: str) -> int:

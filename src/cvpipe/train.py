@@ -4,8 +4,13 @@
 afresh or resumes (`cvpipe.checkpoint`), runs the epochs (steps and validation: `cvpipe.epoch`),
 keeps the best one, fits its temperature on the validation split (`cvpipe.calibration`), and
 writes the model file, the history and the provenance record. The parts it trains (model,
-AdamW, LR schedule, loss, precision, transforms) are assembled by `cvpipe.parts`; threads and
-autocast come from `cvpipe.runtime`.
+AdamW, LR schedule, loss, precision, transforms, EMA, Mixup/CutMix) are assembled by
+`cvpipe.parts`; threads and autocast come from `cvpipe.runtime`.
+
+With `ema_decay`, every epoch validates the model and the EMA of its weights (`cvpipe.ema`;
+history columns `ema_val_*`); an epoch's candidate for best is the better of the two on
+`monitor`, and the model file holds the best epoch's candidate and says which (`weights`:
+"model" or "ema"), so evaluation, predict and export load it like any other.
 
 One code path for CPU, one GPU, AMP and DDP (under torchrun): mixed precision is a no-op
 `autocast`/`GradScaler` when off, DDP is detected from the environment (`cvpipe.distributed`),
@@ -35,7 +40,7 @@ from typing import Any, NoReturn
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from cvpipe import calibration, checkpoint, distributed, provenance, runtime
+from cvpipe import calibration, checkpoint, distributed, provenance, runtime, staging
 from cvpipe.checkpoint import EpochProgress
 from cvpipe.data import read_stats
 from cvpipe.distributed import DistEnv
@@ -58,6 +63,24 @@ def device_preference(cfg: TrainConfig) -> str:
     if cfg.device == "auto" and cfg.gpus == 0:
         return "cpu"
     return cfg.device
+
+
+# History column -> what `evaluate_split` calls it; `ema_` + column for the EMA's.
+VAL_COLUMNS = {"val_loss": "loss", "val_acc": "acc", "val_macro_f1": "macro_f1"}
+
+
+def _scores(row: dict, weights: str) -> dict:
+    """The validation scores of `weights` ("model" or "ema") in a history row, as `val_*`."""
+    prefix = "ema_" if weights == "ema" else ""
+    return {key: row[prefix + key] for key in VAL_COLUMNS}
+
+
+def _offer(row: dict, has_ema: bool, monitor: str) -> str:
+    """Which weights an epoch offers as its best: the EMA's where they score better than the
+    model's on `monitor` (a tie: lower val loss; still tied: the model's)."""
+    if has_ema and _improves(_scores(row, "ema"), _scores(row, "model"), monitor):
+        return "ema"
+    return "model"
 
 
 def _best(run: _Run) -> dict:
@@ -83,13 +106,15 @@ def train(
     history_path: str | Path,
     provenance_path: str | Path | None = None,
     threads: int | None = None,
+    cache_scratch: str | None = None,
 ) -> dict[str, Any]:
     """Train one experiment; returns the best epoch's validation metrics.
 
     Reads `cache_dir` (the preprocess stage's output for the experiment's cache size: the
     workflow's `cvpipe.settings.cache_side`; with `cache_size` auto any side >= image_size is
-    taken, training crops image_size from it), writes `model_path`,
-    `history_path` and `provenance_path`, plus checkpoints and TensorBoard events beside the model.
+    taken, training crops image_size from it), or its copy in the node-local folder
+    `cache_scratch` (`cvpipe.staging`); writes `model_path`, `history_path` and
+    `provenance_path`, plus checkpoints and TensorBoard events beside the model.
     """
     started = time.time()
     runtime.set_threads(threads, per_local_process=True)
@@ -101,6 +126,8 @@ def train(
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
+        if cache_scratch:
+            cache_dir = staging.stage_cache(cache_dir, cache_scratch, env)
         return _train(cfg, cache_dir, model_path, history_path, provenance_path, env, started)
     finally:
         distributed.shutdown()
@@ -234,18 +261,30 @@ def _run_epoch(run: _Run, epoch: int, stop: StopRequest) -> dict | None:
     progress.seconds += time.perf_counter() - started
     if fit["stopped"]:
         return None
-    val = evaluate_split(parts, parts.val_loader, env)
     return {
         "epoch": epoch + 1,
         "lr": parts.optimizer.param_groups[0]["lr"],
         "train_loss": fit["loss"],
         "train_acc": fit["acc"],
-        "val_loss": val["loss"],
-        "val_acc": val["acc"],
-        "val_macro_f1": val["macro_f1"],
+        **_validate(run),
         "epoch_seconds": round(progress.seconds, 3),
         "train_images_per_s": round(len(parts.train_loader) * cfg.batch_size / progress.seconds, 1),
     }
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """The history's validation columns: the model's (`val_*`), and its EMA's (`ema_val_*`)
+    where the run keeps one."""
+    parts, env = run.parts, run.env
+    columns = {}
+    models = {"": parts.wrapped}
+    if parts.ema is not None:
+        parts.ema.sync_buffers(env)  # every rank evaluates (and rank 0 saves) the same EMA
+        models["ema_"] = parts.ema.module
+    for prefix, model in models.items():
+        val = evaluate_split(parts, parts.val_loader, env, model)
+        columns.update({f"{prefix}{key}": val[name] for key, name in VAL_COLUMNS.items()})
+    return columns
 
 
 def _fit(run: _Run) -> None:
@@ -294,20 +333,32 @@ def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
     """Record a finished epoch: best.pt if it improved, last.pt, history, TensorBoard, log."""
     cfg, files = run.cfg, run.files
     run.history.append(row)
-    improved = run.best is None or _improves(row, run.best["metrics"], cfg.monitor)
+    offer = _offer(row, run.parts.ema is not None, cfg.monitor)
+    best = run.best
+    # A best epoch saved before EMA existed has no "weights": the model's.
+    improved = best is None or _improves(
+        _scores(row, offer), _scores(best["metrics"], best.get("weights", "model")), cfg.monitor
+    )
     if improved:
-        run.best = {"epoch": epoch + 1, "metrics": row}
-        weights = {"model": run.parts.model.state_dict(), "epoch": epoch}
-        files.save_checkpoint(files.best_checkpoint, weights)
+        run.best = {"epoch": epoch + 1, "metrics": row, "weights": offer}
+        source = run.parts.ema.module if offer == "ema" and run.parts.ema else run.parts.model
+        files.save_checkpoint(files.best_checkpoint, {"model": source.state_dict(), "epoch": epoch})
     _checkpoint(run, epoch)
     files.write_history(run.history)
     files.scalars(epoch + 1, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
+    best_note = ("  *best (EMA)" if offer == "ema" else "  *best") if improved else ""
+    _log_epoch(run, epoch, row, best_note)
+
+
+def _log_epoch(run: _Run, epoch: int, row: dict, best: str) -> None:
+    ema = ""
+    if "ema_val_loss" in row:
+        ema = f" | EMA val loss {row['ema_val_loss']:.4f} acc {row['ema_val_acc']:.4f}"
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f"
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f%s"
         " | %.1f img/s%s",
-        epoch + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-        row["val_acc"], row["val_macro_f1"], row["train_images_per_s"],
-        "  *best" if improved else "",
+        epoch + 1, run.cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+        row["val_acc"], row["val_macro_f1"], ema, row["train_images_per_s"], best,
     )  # fmt: skip
 
 
@@ -351,6 +402,7 @@ def _write_model(run: _Run, stats: dict) -> None:
             "mean": run.parts.mean,
             "std": run.parts.std,
             "epoch": _best(run)["epoch"],
+            "weights": _best(run).get("weights", "model"),  # the model's or their EMA
             "val_metrics": _best(run)["metrics"],
             "config": cfg.as_dict(),
             "manifest_sha256": stats["manifest_sha256"],
@@ -361,8 +413,10 @@ def _write_model(run: _Run, stats: dict) -> None:
 
 
 def _write_provenance(run: _Run, path: str | Path, stats: dict, effective: dict) -> None:
-    """provenance.json: code, data, software and machine, and how the run was laid out."""
+    """provenance.json: code, data, software and machine, and how the run was laid out (and
+    which weights the model file holds, for readers without torch such as the model card)."""
     effective["finished_unix"] = time.time()
+    effective["saved_weights"] = _best(run).get("weights", "model")
     record = provenance.collect(
         "train", run.cfg.as_dict(), stats["manifest_sha256"], run.env.device, training=effective
     )

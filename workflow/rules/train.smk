@@ -4,6 +4,10 @@
 # `gpu` is the experiment's `gpus`: `--resources gpu=N` caps GPUs in use, and `cvpipe gpus`
 # (in params.launch) gives each job distinct GPU ids. gpus > 1 or ddp_processes > 1 runs DDP
 # under torchrun. `mem_mb` is train_mem_mb_per_gpu times the GPUs.
+import shlex
+
+# `cache_scratch` (cvpipe.staging; "" = off) is a resource, not a param: where the cache is
+# read from must not rerun training. Quoted, so the job expands $SLURM_TMPDIR on its node.
 
 
 rule train:
@@ -26,10 +30,12 @@ rule train:
         gpu=train_gpus,
         gpu_model=train_gpu_model,
         mem_mb=train_mem_mb,
+        cache_scratch=shlex.quote(config.get("cache_scratch") or ""),
     threads: 4
     conda:
         ENV
     shell:
         "{params.launch} train --config {params.settings:q} --cache-dir {params.cache_dir}"
         " --model {output.model} --history {output.history}"
-        " --provenance {output.provenance} --threads {threads} > {log} 2>&1"
+        " --provenance {output.provenance} --threads {threads}"
+        " --cache-scratch {resources.cache_scratch} > {log} 2>&1"
