@@ -119,6 +119,25 @@ def test_natural_model_predicts_what_evaluate_reported(natural_run, tmp_path):
     assert_matches_evaluate(natural_run / "model.pt", natural_run / "data", natural_run, tmp_path)
 
 
+def test_large_jpegs_are_prepared_exactly_as_the_cache_holds_them(tmp_path):
+    """Preprocess decodes a JPEG at least twice the cache size reduced (IMREAD_REDUCED_*); predict
+    must see the same pixels, or its answers drift from evaluate's on real photos."""
+    from cvpipe.augment import center_crop
+    from cvpipe.predict import _prepare, read_checked
+
+    make_dataset(tmp_path / "data", images_per_class=4, size=256, seed=0, image_format="jpg")
+    ratios = {"train": 0.5, "val": 0.25, "test": 0.25}
+    write_index(tmp_path / "data", tmp_path / "manifest.csv", tmp_path / "bad.csv", ratios, seed=0)
+    preprocess(tmp_path / "manifest.csv", tmp_path / "data", tmp_path / "cache", size=37)
+    cached = center_crop(np.load(tmp_path / "cache" / "test_images.npy"), 32)
+    prepare = _prepare(32, 37, "crop")
+    rows = split_rows(read_manifest(tmp_path / "manifest.csv"), "test")
+    for row, expected in zip(rows, cached, strict=True):
+        data = read_checked(tmp_path / "data" / row["path"])
+        assert not isinstance(data, str), data
+        np.testing.assert_array_equal(prepare(data), expected, err_msg=row["path"])
+
+
 def write_bad_and_good(folder: Path, data: Path) -> dict[str, Path]:
     """Two good images and four bad ones (a hidden file too, which is no input at all)."""
     folder.mkdir()

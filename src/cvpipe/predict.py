@@ -4,12 +4,12 @@ torchvision model with ImageNet (or local) weights.
 Models (`--model`):
 
 - a cvpipe `model.pt`: the images are prepared exactly as for training and evaluation (decode to
-  RGB, `preprocess.resize_square` to the model's cache size by its resize mode, the centre
-  image_size crop, `augment.eval_transform`
-  with its mean and std, its channels-last and autocast settings), so the test split's originals
-  get the probabilities that evaluate's predictions.csv holds; probabilities are
-  `softmax(logits / temperature)` (`calibration.softmax`, as evaluate), the temperature that
-  training fitted and stored with the model;
+  RGB and resize to the model's cache size by its resize mode with `preprocess.decode_resized`,
+  the cache's own decoder, reduced JPEG decoding included; the centre image_size crop;
+  `augment.eval_transform` with its mean and std, its channels-last and autocast settings), so
+  the test split's originals get the probabilities that evaluate's predictions.csv holds;
+  probabilities are `softmax(logits / temperature)` (`calibration.softmax`, as evaluate), the
+  temperature that training fitted and stored with the model;
 - a `.onnx` file with its `model.json` beside it (`cvpipe.onnxmodel`, the `export` extra): the
   same preparation, normalised in NumPy;
 - a torchvision model name with `weights`: a weights name (`DEFAULT`, `IMAGENET1K_V1`, ...)
@@ -47,10 +47,11 @@ from tqdm import tqdm
 
 from cvpipe import atomic, calibration, datatree, index, models, runtime
 from cvpipe.augment import center_crop
+from cvpipe.decode import decode_rgb8
 from cvpipe.distributed import pick_device
 from cvpipe.errors import CvpipeError
 from cvpipe.evaluate import load_model, logits_function, stored_temperature
-from cvpipe.preprocess import resize_square
+from cvpipe.preprocess import decode_resized
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,19 @@ DEFAULT_TOP_K = 5
 
 @dataclass(frozen=True)
 class Predictor:
-    """A loaded model, whatever its kind: its class names, how one decoded RGB image becomes
-    one model input (run in a thread pool) and how a stack of inputs becomes probabilities."""
+    """A loaded model, whatever its kind: its class names, how one image file's bytes become one
+    model input (run in a thread pool) and how a stack of inputs becomes probabilities."""
 
     classes: list[str]
-    prepare: Callable[[np.ndarray], np.ndarray]
+    prepare: Callable[[bytes], np.ndarray]
     probabilities: Callable[[np.ndarray], np.ndarray]
 
 
-def _prepare(size: int, cache_size: int, mode: str) -> Callable[[np.ndarray], np.ndarray]:
-    """One decoded image as training's cache holds it (`resize_square` to `cache_size`), then its
-    centre `size` crop, as evaluation takes it (`augment.center_crop`)."""
-    return lambda image: center_crop(resize_square(image, cache_size, mode)[None], size)[0]
+def _prepare(size: int, cache_size: int, mode: str) -> Callable[[bytes], np.ndarray]:
+    """One image file as training's cache holds it (`preprocess.decode_resized` to `cache_size`:
+    the same decoder, reduced JPEG decoding included), then its centre `size` crop, as evaluation
+    takes it (`augment.center_crop`)."""
+    return lambda data: center_crop(decode_resized(data, cache_size, mode, None)[None], size)[0]
 
 
 def _cvpipe_predictor(model_path: Path, device: torch.device) -> Predictor:
@@ -142,8 +144,8 @@ def _torchvision_predictor(name: str, weights: str, device: torch.device) -> Pre
         transforms = w.transforms()
     model = model.to(device).eval()
 
-    def prepare(image: np.ndarray) -> np.ndarray:
-        return transforms(torch.from_numpy(image).permute(2, 0, 1)).numpy()
+    def prepare(data: bytes) -> np.ndarray:
+        return transforms(torch.from_numpy(decode_rgb8(data)).permute(2, 0, 1)).numpy()
 
     @torch.no_grad()
     def probabilities(batch: np.ndarray) -> np.ndarray:
@@ -196,20 +198,20 @@ def input_files(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_image(path: Path) -> np.ndarray | str:
-    """The file as H x W x 3 uint8 RGB, or why it is bad (by the index's rules)."""
-    read = index.read_image(path)
-    return read if isinstance(read, str) else read[2]
+def read_checked(path: Path) -> bytes | str:
+    """The file's bytes, or why it is bad: the index's verdict (`index.read_facts`)."""
+    read = index.read_facts(path)
+    return read if isinstance(read, str) else read[0]
 
 
 def _batches(
-    files: list[Path], prepare: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int
+    files: list[Path], prepare: Callable[[bytes], np.ndarray], batch_size: int, workers: int
 ) -> Iterator[list[tuple[Path, np.ndarray | str]]]:
     """Prepared inputs (or reasons) per batch of files; the next batch decodes meanwhile."""
 
     def load(path: Path) -> np.ndarray | str:
-        image = read_image(path)
-        return image if isinstance(image, str) else prepare(image)
+        data = read_checked(path)
+        return data if isinstance(data, str) else prepare(data)
 
     chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
