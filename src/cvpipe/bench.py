@@ -5,7 +5,7 @@
 
 Both loaders deliver the same thing: shuffled training batches of `image_size` x `image_size`
 float tensors, flipped, turned by a random multiple of 90 degrees, brightness/contrast-jittered
-and normalised (the default policy of config/config.yaml), from the same training images, with
+and normalised (the `surface` preset, the built-in set's policy), from the same training images, with
 the same batch size. The baseline is what a user would otherwise write:
 `ImageFolder` + PIL decode + torchvision transforms (Resize, CenterCrop, RandomHorizontalFlip,
 RandomVerticalFlip, a random quarter turn, ColorJitter, ToTensor, Normalize) in DataLoader
@@ -59,7 +59,7 @@ from cvpipe.synth import CLASSES, make_dataset
 if TYPE_CHECKING:
     from cvpipe.distributed import DistEnv
 
-# The augmentation both loaders apply: `exact` is the config's default (the schema's); `warp`
+# The augmentation both loaders apply: `exact` is the `surface` preset (AugmentPolicy()); `warp`
 # swaps the quarter turns for the bilinear rotation/zoom/shift (torchvision's RandomAffine in
 # the baseline).
 POLICIES = {

@@ -440,7 +440,7 @@ def add_bench_loader(b: argparse.ArgumentParser) -> None:
     b.add_argument("--epochs", type=int, default=3, help="passes over the data per loader")
     b.add_argument(
         "--policy", default="exact", choices=["exact", "warp"],
-        help="exact: the config's default augmentation (flips, quarter turns, jitter); "
+        help="exact: the surface preset (flips, quarter turns, jitter); "
         "warp: + bilinear affine",
     )  # fmt: skip
     b.add_argument("--threads", type=int, help="torch threads (default: as many as cores)")
