@@ -176,7 +176,10 @@ def test_ema_and_mixing_under_ddp_validate_the_ema_rank_0_saves(tiny_cache, tmp_
     options = [f"--{key}={tmp_path / name}" for key, name in paths.items()]
     cmd = [*torchrun, "train", "--config", config, f"--cache-dir={tiny_cache / 'cache'}"]
     done = subprocess.run(
-        [*cmd, *options, "--threads", "1"], env=tool_env(), capture_output=True, text=True
+        [*cmd, *options, "--threads", "1", "--cache-scratch", ""],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     (row,) = history(tmp_path)

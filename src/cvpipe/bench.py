@@ -5,8 +5,8 @@
 
 Both loaders deliver the same thing: shuffled training batches of `image_size` x `image_size`
 float tensors, flipped, turned by a random multiple of 90 degrees, brightness/contrast-jittered
-and normalised (the `surface` preset, the built-in set's policy), from the same training images, with
-the same batch size. The baseline is what a user would otherwise write:
+and normalised (the `surface` preset, the built-in set's policy), from the same training images,
+with the same batch size. The baseline is what a user would otherwise write:
 `ImageFolder` + PIL decode + torchvision transforms (Resize, CenterCrop, RandomHorizontalFlip,
 RandomVerticalFlip, a random quarter turn, ColorJitter, ToTensor, Normalize) in DataLoader
 workers.
