@@ -111,14 +111,7 @@ def check_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
     channels = _JPEG_CHANNELS.get(image.mode)
     if channels is None:
         return None
-    _check_complete(data, "jpeg")
-    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
-    try:
-        small = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error as exc:
-        raise BadImage(f"jpeg decoder error: {exc.err}") from None
-    if small is None or small.size == 0:
-        raise BadImage("corrupt JPEG (the decoder could not read it)")
+    _decode_jpeg(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
     width, height = image.size
     image.draft(image.mode, (width // 8, height // 8))
     _load_stream(image)
@@ -180,10 +173,14 @@ def decode_rgb8(data: bytes, reduce: int = 1) -> np.ndarray:
 def decode_reduced_bgr(data: bytes, reduce: int) -> np.ndarray:
     """A JPEG's bytes decoded `reduce` (2, 4 or 8) times smaller, HxWx3 uint8 in OpenCV's BGR
     order (for a caller that turns it into RGB later, on fewer pixels)."""
+    return _decode_jpeg(data, _REDUCED[reduce])
+
+
+def _decode_jpeg(data: bytes, flags: int) -> np.ndarray:
+    """OpenCV's decode of a complete JPEG with `flags` (EXIF orientation ignored), or BadImage."""
     _check_complete(data, "jpeg")
-    flags = _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:
         raise BadImage(f"jpeg decoder error: {exc.err}") from None
     if image is None or image.size == 0:
