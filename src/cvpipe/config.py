@@ -1,8 +1,12 @@
-"""Workflow config helpers used by the Snakefile: readable validation errors, experiment merging.
+"""Workflow config helpers used by the Snakefile: readable validation errors, experiment merging,
+and the expansion of a `sweep:` into runs.
 
 `config_errors` turns JSON-schema violations into one line each that names the key, e.g.
 ``train.epoch: unknown key (did you mean 'epochs'?)``. The workflow raises them before
 `snakemake.utils.validate` runs, so a typo never reaches a job.
+
+`experiments` lists every run: the named experiments and the runs of the sweep (`expand_sweep`:
+the grid's combinations times the seeds, each named from its own values by `run_name`).
 
 Imported at parse time by the Snakefile: no torch here.
 """
@@ -11,19 +15,29 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from cvpipe.errors import CvpipeError
+
 
 def _where(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _hint(key: str, allowed: list[str]) -> str:
+    """` (did you mean 'epochs'?)` for a misspelt key, else the keys allowed there."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
 
 
 def _describe(error: jsonschema.ValidationError) -> list[str]:
@@ -33,15 +47,8 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         allowed = list(schema.get("properties", {}))
         instance = error.instance if isinstance(error.instance, Mapping) else {}
         extra = [k for k in instance if k not in allowed]
-        lines = []
-        for key in extra:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = (
-                f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
-            )
-            prefix = f"{where}." if error.absolute_path else ""
-            lines.append(f"{prefix}{key}: unknown key{hint}")
-        return lines
+        prefix = f"{where}." if error.absolute_path else ""
+        return [f"{prefix}{key}: unknown key{_hint(key, allowed)}" for key in extra]
     if error.validator == "not":  # propertyNames: reserved experiment names
         return [f"{where}: the name {error.instance!r} is reserved for the workflow's own outputs"]
     return [f"{where}: {error.message}"]
@@ -61,7 +68,7 @@ def config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
             for line in _describe(cause):
                 if line not in lines:
                     lines.append(line)
-    return lines
+    return lines + sweep_errors(config, schema)
 
 
 def _schemas_at(node: Any, root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -192,18 +199,205 @@ def uses_builtin_data(config: dict[str, Any]) -> bool:
     return os.path.normpath(config.get("data", {}).get("root", BUILTIN_DATA)) == BUILTIN_DATA
 
 
-def experiment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The resolved training settings of experiment `name`: `train`, then `synth.train` while
-    the data is the built-in set, then the experiment's own overrides."""
-    settings = config["train"]
-    if uses_builtin_data(config):
-        settings = deep_merge(settings, config.get("synth", {}).get("train") or {})
-    return deep_merge(settings, config["experiments"][name] or {})
-
-
 def load_configs(paths: list[str | Path]) -> dict[str, Any]:
     """Config files merged in order, as `snakemake --configfile A B` does."""
     merged: dict[str, Any] = {}
     for path in paths:
         merged = deep_merge(merged, yaml.safe_load(Path(path).read_text()) or {})
     return merged
+
+
+def run_settings(config: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Training settings of one run: `train`, then `synth.train` while the data is the built-in
+    set, then the run's own overrides (a named experiment's, or a sweep run's)."""
+    settings = config["train"]
+    if uses_builtin_data(config):
+        settings = deep_merge(settings, config.get("synth", {}).get("train") or {})
+    return deep_merge(settings, dict(overrides or {}))
+
+
+def experiment_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The resolved training settings of experiment `name`, named or a run of the sweep."""
+    named = config.get("experiments") or {}
+    if name in named:
+        return run_settings(config, named[name])
+    runs = expand_sweep(config)
+    if name not in runs:
+        known = ", ".join([*named, *runs])
+        raise CvpipeError(f"no experiment {name!r} in the config (experiments: {known})")
+    return run_settings(config, runs[name])
+
+
+def experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every run the config asks for, name -> its train overrides: the named experiments, then
+    the sweep's runs. Raises CvpipeError for a sweep run named like an experiment, or no runs."""
+    named = config.get("experiments") or {}
+    runs = expand_sweep(config)
+    clashes = [name for name in runs if name in named]
+    if clashes:
+        raise CvpipeError(
+            "; ".join(f"experiments.{name} is also the name of a sweep run" for name in clashes)
+            + ": rename the experiment (results/<name>/ cannot hold both)."
+        )
+    if not named and not runs:
+        raise CvpipeError(
+            "experiments: no runs: name at least one experiment under `experiments:`, or add a "
+            "`sweep:` (config/sweep-example.yaml)."
+        )
+    return {**{name: dict(over or {}) for name, over in named.items()}, **runs}
+
+
+# Sweeps: `sweep: {base, grid, seeds, name_keys}` expands into runs that work like experiments.
+
+# Short names of train keys in run names; any other key goes by its last part (augment.preset:
+# preset). `sweep.name_keys` chooses others.
+NAME_ALIASES = {
+    "lr": "lr",
+    "batch_size": "bs",
+    "image_size": "px",
+    "weight_decay": "wd",
+    "epochs": "ep",
+}
+# The longest run name (a folder under results/ and a column in tables): a longer one keeps
+# its start, then a hash of the whole, then the seed.
+NAME_CAP = 80
+_HASH_CHARS = 8
+
+
+def _digest(text: str, size: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+def format_value(value: Any) -> str:
+    """`value` as a run name shows it: numbers short but exact (0.001, 1e-05, 32, not
+    0.0010000), booleans and null in lower case, lists joined by `_`. A string with characters
+    outside [A-Za-z0-9._] has them replaced by `_` and gets a short hash of the original, so
+    that two values never read alike (`a/b` and `a_b`)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return (short if float(short) == value else repr(value)).replace("e+", "e")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "_".join(format_value(item) for item in value)
+    text = str(value)
+    clean = re.sub(r"[^A-Za-z0-9._]", "_", text)
+    return clean if clean == text and text else f"{clean}_{_digest(text, 6)}"
+
+
+def run_name(model: Any, values: Sequence[tuple[str, Any]], seed: int) -> str:
+    """A sweep run's name, `<model>-<alias><value>-...-s<seed>` (resnet18-lr0.001-px32-s0),
+    from its own values only: (alias, value) of each grid key but `model`, in the grid's order.
+    Over NAME_CAP characters, the start is kept and a hash of the whole name replaces the rest,
+    before the seed (so the seeds of one setting share the hash)."""
+    head = "-".join([format_value(model), *(f"{alias}{format_value(v)}" for alias, v in values)])
+    tail = f"-s{seed}"
+    if len(head) + len(tail) > NAME_CAP:
+        keep = NAME_CAP - len(tail) - _HASH_CHARS - 1
+        head = f"{head[:keep].rstrip('-._')}-{_digest(head, _HASH_CHARS)}"
+    return head + tail
+
+
+def _nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """{"augment.preset": "surface"} as {"augment": {"preset": "surface"}}."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def expand_sweep(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sweep's runs, name -> train overrides (`sweep.base`, then the run's grid values,
+    then its seed), on a config with its defaults filled; empty without a sweep. Every
+    combination of the grid's lists, in the grid's order (the last key varies fastest), each
+    once per seed. A name depends on the run's own values only: a value added to a list adds
+    runs and never renames or changes one (so nothing reruns)."""
+    sweep = config.get("sweep") or {}
+    if not sweep:
+        return {}
+    base, grid = sweep.get("base") or {}, sweep.get("grid") or {}
+    aliases = {**NAME_ALIASES, **(sweep.get("name_keys") or {})}
+    default_model = run_settings(config, base)["model"]
+    runs: dict[str, dict[str, Any]] = {}
+    chosen_by_name: dict[str, dict[str, Any]] = {}
+    for combination in itertools.product(*grid.values()):
+        chosen = dict(zip(grid, combination, strict=True))
+        named = [
+            (aliases.get(key, key.rsplit(".", 1)[-1]), value)
+            for key, value in chosen.items()
+            if key != "model"  # the name's first part
+        ]
+        overrides = deep_merge(base, _nested(chosen))
+        for seed in sweep["seeds"]:
+            name = run_name(chosen.get("model", default_model), named, seed)
+            if name in runs:
+                raise CvpipeError(_same_name(name, chosen_by_name[name], chosen))
+            runs[name] = {**overrides, "seed": seed}
+            chosen_by_name[name] = chosen
+    return runs
+
+
+def _same_name(name: str, first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
+    def text(chosen: Mapping[str, Any]) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in chosen.items())
+
+    return (
+        f"sweep.grid: the runs with {text(first)} and with {text(second)} get the same name "
+        f"{name!r}: give their keys names that tell them apart in sweep.name_keys."
+    )
+
+
+def _train_keys(schema: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every train key, nested ones dotted (augment.preset) -> its schema."""
+    keys: dict[str, Mapping[str, Any]] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            objects = [s for s in _schemas_at(sub, schema) if "properties" in s]
+            if objects:
+                walk(objects[0], f"{prefix}{name}.")
+            else:
+                keys[f"{prefix}{name}"] = sub
+
+    walk(schema["$defs"]["train"], "")
+    return keys
+
+
+def sweep_errors(config: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about `sweep`, one line each: each grid key must be a train
+    key (named with a did-you-mean, as config_errors does) and each of its values one that key
+    accepts; the seeds come from `seeds` alone; `name_keys` names grid keys."""
+    sweep = config.get("sweep")
+    if not isinstance(sweep, Mapping):
+        return []
+    grid: Mapping[str, Any] = sweep["grid"] if isinstance(sweep.get("grid"), Mapping) else {}
+    keys = _train_keys(schema)
+    values_of = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/train"})
+    lines = []
+    for key, values in grid.items():
+        where = f"sweep.grid.{key}"
+        if key == "seed":
+            lines.append(f"{where}: the seeds of a sweep are sweep.seeds: list them there")
+        elif any(k.startswith(f"{key}.") for k in keys):
+            lines.append(f"{where}: sweep one of its keys, dotted: {key}.<key>: [values]")
+        elif key not in keys:
+            lines.append(f"{where}: unknown key{_hint(key, list(keys))}")
+        elif isinstance(values, list):
+            lines += [
+                f"{where}[{i}]: {error.message}"
+                for i, value in enumerate(values)
+                for error in values_of.iter_errors(_nested({key: value}))
+            ]
+    base, name_keys = sweep.get("base"), sweep.get("name_keys")
+    if isinstance(base, Mapping) and "seed" in base:
+        lines.append("sweep.base.seed: the seeds of a sweep are sweep.seeds: list them there")
+    for key in name_keys if isinstance(name_keys, Mapping) else {}:
+        if key not in grid:
+            lines.append(f"sweep.name_keys.{key}: not a key of sweep.grid{_hint(key, list(grid))}")
+    return lines

@@ -32,10 +32,12 @@ from cvpipe.config import (
     BUILTIN_DATA,
     coerce_strings,
     config_errors,
-    experiment_config,
+    experiments,
+    run_settings,
     split_errors,
     uses_builtin_data,
 )
+from cvpipe.errors import CvpipeError
 from cvpipe.settings import cache_side
 from cvpipe.datatree import tree_fingerprint
 from cvpipe.modelnames import model_errors
@@ -54,8 +56,15 @@ def stop_if(problems):
 
 stop_if(config_errors(config, SCHEMA))
 validate(config, "../schemas/config.schema.yaml")
+# Every run: the named experiments, then the sweep's (cvpipe.config.expand_sweep), name ->
+# train overrides. A sweep run named like an experiment, or no run at all, stops here.
+try:
+    RUNS = experiments(config)
+except CvpipeError as error:
+    stop_if([str(error)])
 # What the schema cannot say, on the config with its defaults filled: caught here, not in a job.
-stop_if(split_errors(config) + model_errors(config))
+# model_errors sees the sweep's runs as experiments.
+stop_if(split_errors(config) + model_errors({**config, "experiments": RUNS, "sweep": None}))
 
 # The built-in data set (BUILTIN_DATA) is drawn by the synth rule only while data.root points there.
 USE_BUILTIN = uses_builtin_data(config)
@@ -71,7 +80,7 @@ if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
 # the training process, which handles it: checkpoint, exit 75, retry (cvpipe.preemption).
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-EXPERIMENTS = list(config["experiments"])
+EXPERIMENTS = list(RUNS)
 SPLITS = ["train", "val", "test"]
 CACHE = "results/dataset/cache/{size}px"
 PLOTS = ["curves", "confusion", "samples", "per_class"]
@@ -106,7 +115,7 @@ def data_fingerprint(wildcards):
 @functools.cache
 def train_settings(experiment):
     """An experiment's resolved settings (defaults merged once per parse; read-only)."""
-    return experiment_config(config, experiment)
+    return run_settings(config, RUNS[experiment])
 
 
 def cache_dir(wildcards):
