@@ -16,6 +16,7 @@ INPUTS = {
     "history": "train/history.csv",
 }
 OUTPUTS = ("comparison.csv", "comparison.md", "comparison.html", "comparison.png", "metrics.json")
+GROUPS = {"groups-csv": "groups.csv", "groups-md": "groups.md", "best": "best.json"}
 
 
 def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
@@ -26,6 +27,7 @@ def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     for option, name in zip(("csv", "md", "html", "png", "metrics-out"), OUTPUTS, strict=True):
         args += [f"--{option}", str(out / name)]
+    args += [arg for option, name in GROUPS.items() for arg in (f"--{option}", str(out / name))]
     args += ["--history-dir", str(out / "history"), "--dpi", "120", "--container", "none"]
     args += ["--report-metadata", str(out / "report-metadata.json")]
     args += ["--stage-code", "evaluate=evaluate:0123abcd", "--stage-code", "plots=plots:4567ef01"]
@@ -44,7 +46,13 @@ def test_compare_reads_each_declared_file_once(tiny_run, tmp_path, monkeypatch):
     assert sorted(r for r in reads if r.startswith(str(results))) == sorted(declared)
     # Same outputs as the workflow's own compare job (which also listed the stages' code).
     comparison = results / "comparison"
-    for name in ("comparison.csv", "comparison.md", "comparison.png", "metrics.json"):
+    for name in (
+        "comparison.csv",
+        "comparison.md",
+        "comparison.png",
+        "metrics.json",
+        *GROUPS.values(),
+    ):
         assert (out / name).read_bytes() == (comparison / name).read_bytes(), name
     for e in EXPERIMENTS:
         assert (out / "history" / f"{e}.csv").read_text() == (
