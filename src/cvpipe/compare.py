@@ -132,12 +132,18 @@ def _version(name: str) -> Callable[[dict], object]:
     return lambda p: p["versions"][name]
 
 
+def _code_spans(text: str) -> str:
+    """Markdown's `code` as HTML, the rest escaped."""
+    parts = [html.escape(p) for p in text.split("`")]
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def groups_section(groups: list[repeats.Group], monitor: str) -> str:
     """The grouped table for the report, best on validation first."""
     header, body = repeats.table_cells(groups, monitor)
     best = html.escape(groups[0].label) if groups else "none"
     return (
-        f"<h2>Configurations over seeds</h2><p>{html.escape(repeats.explanation(monitor))}</p>"
+        f"<h2>Configurations over seeds</h2><p>{_code_spans(repeats.explanation(monitor))}</p>"
         f"<p>Chosen on validation: <b>{best}</b> (results/comparison/best.json).</p>"
         f"{_html_table(header, body)}"
     )
