@@ -169,6 +169,10 @@ def test_tables_for_people_show_mean_interval_and_na(compared):
     assert "| 3 | lr=0.1 | 1 | 0.5000 ± n/a (sd n/a) | 0.6000 ± n/a (sd n/a) |" in md
     page = (compared / "comparison.html").read_text()
     assert "Configurations over seeds" in page and "<b>lr=0.001</b>" in page
+    # Provenance: what all runs share once, then a row per run with what differs (the config),
+    # not a column per run, which 100 runs would make unreadable.
+    assert "<h3>The same for every experiment</h3>" in page
+    assert "<th>experiment</th><th>config</th></tr>" in page
     # The per-experiment outputs are still there, one row per run.
     with open(compared / "comparison.csv", newline="") as f:
         assert [r["experiment"] for r in csv.DictReader(f)] == list(RUNS)

@@ -149,6 +149,24 @@ def groups_section(groups: list[repeats.Group], monitor: str) -> str:
     )
 
 
+def provenance_tables(
+    provenance: dict[str, dict], fields: Mapping[str, Callable[[dict], object]]
+) -> str:
+    """What every experiment shares, once; then one row per experiment with the fields that
+    differ (a table of one column per experiment would not fit 100 runs)."""
+    names = list(provenance)
+    values = {field: [str(get(provenance[n])) for n in names] for field, get in fields.items()}
+    shared = [[field, v[0]] for field, v in values.items() if len(set(v)) == 1]
+    differing = [field for field, v in values.items() if len(set(v)) > 1]
+    page = (
+        f"<h3>The same for every experiment</h3>{_html_table(['', ''], shared)}" if shared else ""
+    )
+    if differing:
+        body = [[n, *(values[field][i] for field in differing)] for i, n in enumerate(names)]
+        page += f"<h3>Per experiment</h3>{_html_table(['experiment', *differing], body)}"
+    return page
+
+
 def html_page(
     rows: list[dict],
     provenance: dict[str, dict],
@@ -157,7 +175,6 @@ def html_page(
 ) -> str:
     """The report's comparison page: `groups` (a `groups_section`), the experiments' table,
     their provenance and the other stages' code fingerprints."""
-    names = list(provenance)
     fields: dict[str, Callable[[dict], object]] = {
         "git describe": lambda p: p["git"]["describe"],
         "git commit": lambda p: p["git"]["commit"],
@@ -176,7 +193,6 @@ def html_page(
         "amp": lambda p: p["training"]["amp_dtype"],
         "config": lambda p: json.dumps(p["config"], sort_keys=True),
     }
-    prov_rows = [[field, *(get(provenance[n]) for n in names)] for field, get in fields.items()]
     table = [[r[c] for c in COLUMNS] for r in rows]
     code_rows = [[stage, code] for stage, code in (stage_code or {}).items()]
     style = (
@@ -187,7 +203,7 @@ def html_page(
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
         f"{groups}<h2>Experiments</h2>{_html_table(list(COLUMNS), table)}"
-        f"<h2>Provenance</h2>{_html_table(['', *names], prov_rows)}"
+        f"<h2>Provenance</h2>{provenance_tables(provenance, fields)}"
         "<h2>Code of the other stages</h2><p>Fingerprints of the cvpipe code each stage ran "
         "(<code>python -m cvpipe code STAGE</code> lists the modules; training's is above, "
         f"per experiment).</p>{_html_table(['stage', 'code fingerprint'], code_rows)}"
