@@ -280,6 +280,7 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     _required(p, "--metrics", "--timing", "--provenance", "--history", nargs="+", metavar="PATH")
     _required(p, "--csv", "--md", "--html", "--png", "--metrics-out", "--history-dir")
     _required(p, "--report-metadata")
+    _required(p, "--groups-csv", "--groups-md", "--best")  # statistics over seeds
     p.add_argument("--dpi", type=int, required=True)
     p.add_argument("--container", required=True, help="the configured image, for the report")
     p.add_argument(
@@ -303,6 +304,7 @@ def run_compare(a: argparse.Namespace) -> None:
     }
     out = {"csv": a.csv, "md": a.md, "html": a.html, "png": a.png, "metrics": a.metrics_out}
     out |= {"history_dir": a.history_dir, "report_metadata": a.report_metadata}
+    out |= {"groups_csv": a.groups_csv, "groups_md": a.groups_md, "best": a.best}
     compare(
         experiments=experiments,
         out=out,

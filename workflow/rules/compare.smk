@@ -1,5 +1,7 @@
 # Stage 7: one table and chart over all experiments, with their provenance, for the report;
-# plus metrics.json and history/ in the layout dvc.yaml declares for `dvc metrics/plots diff`.
+# the configurations over seeds (groups.*: mean, sd, 95% CI) and the one chosen on validation
+# (best.json); plus metrics.json and history/ in the layout dvc.yaml declares for
+# `dvc metrics/plots diff`.
 # A local rule: on a cluster it runs beside Snakemake instead of queueing.
 
 
@@ -22,8 +24,11 @@ rule compare:
             "results/comparison/comparison.png",
             caption="../report/comparison_chart.rst",
             category="Comparison",
-            labels={"figure": "test scores"},
+            labels={"figure": "test scores over seeds"},
         ),
+        groups_csv="results/comparison/groups.csv",
+        groups_md="results/comparison/groups.md",
+        best="results/comparison/best.json",
         metrics="results/comparison/metrics.json",
         history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
         # The report's landing page (given to the report with --report-metadata).
@@ -46,5 +51,6 @@ rule compare:
         " --timing {input.timing} --provenance {input.provenance} --history {input.history}"
         " --csv {output.csv} --md {output.md} --html {output.html} --png {output.png}"
         " --metrics-out {output.metrics} --history-dir {params.history_dir}"
-        " --report-metadata {output.report_metadata} --dpi {params.dpi}"
+        " --report-metadata {output.report_metadata} --groups-csv {output.groups_csv}"
+        " --groups-md {output.groups_md} --best {output.best} --dpi {params.dpi}"
         " --container {params.container:q} {params.stage_code} > {log} 2>&1"
