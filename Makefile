@@ -22,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml envs/requirements-local.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c envs/requirements-local.txt -e '.[workflow,dev,export,data]'
+	$(BIN)/python -m pip install --quiet -c envs/requirements-local.txt -e '.[workflow,dev,export,data,tracking]'
 	touch $@
 
 run: install

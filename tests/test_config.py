@@ -307,7 +307,7 @@ def test_every_option_a_rule_passes_is_required():
     options = rule_options()
     assert set(options) == {
         "synth", "index", "preprocess", "train", "evaluate", "plots", "compare", "gpus",
-        "export", "predict", "gradcam", "model_card",
+        "export", "predict", "gradcam", "model_card", "mlflow_export",
     }  # fmt: skip
     for command, passed in options.items():
         parser = sub.choices[command.replace("_", "-")]  # rule model_card: `cvpipe model-card`

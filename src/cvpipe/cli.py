@@ -339,6 +339,26 @@ def run_model_card(a: argparse.Namespace) -> None:
     write_model_card(run, md_path=a.out, html_path=a.html)
 
 
+def add_mlflow_export(p: argparse.ArgumentParser) -> None:
+    """Log every finished run under a results folder into MLflow (once each)."""
+    p.add_argument("--results", required=True, help="the workflow's results/ folder")
+    p.add_argument(
+        "--tracking-uri", required=True,
+        help="MLflow store, e.g. sqlite:///results/mlflow.db or http://host:5000",
+    )  # fmt: skip
+    p.add_argument("--experiment", required=True, help="MLflow experiment to log into")
+    p.add_argument("--summary", required=True, help="JSON to write: run name -> MLflow run id")
+
+
+def run_mlflow_export(a: argparse.Namespace) -> None:
+    from cvpipe.tracking import export_runs
+
+    export_runs(
+        results=a.results, tracking_uri=a.tracking_uri, experiment=a.experiment,
+        summary_path=a.summary,
+    )  # fmt: skip
+
+
 def add_config(p: argparse.ArgumentParser) -> None:
     """Print an experiment's resolved training settings (JSON for `cvpipe train --config`)."""
     p.add_argument("--experiment", required=True)
@@ -551,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
         (add_train, run_train), (add_evaluate, run_evaluate), (add_predict, run_predict),
         (add_plots, run_plots), (add_gradcam, run_gradcam), (add_export, run_export),
         (add_compare, run_compare), (add_model_card, run_model_card),
+        (add_mlflow_export, run_mlflow_export),
         (add_config, run_config), (add_code, run_code),
         (add_gpus, run_gpus), (add_bench, None),  # each benchmark sets its own function
     ):  # fmt: skip

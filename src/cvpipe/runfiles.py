@@ -7,11 +7,13 @@ and every file is written atomically. Layout, next to the model file the workflo
     <history>.csv           one row per completed epoch (rewritten each epoch)
     checkpoints/last.pt     full training state after the latest epoch (for resume)
     checkpoints/best.pt     weights of the best epoch so far
-    tensorboard/            TensorBoard event files
+    tensorboard/            TensorBoard event files (scalars per epoch; at the end the run's
+                            hyperparameters and best scores for the HParams tab)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -69,6 +71,22 @@ class RunFiles:
                 self._tb.add_scalar(tag, value, step)
             self._tb.flush()
 
+    def hparams(self, params: dict[str, Any], scores: dict[str, float], step: int) -> None:
+        """The run's settings and final `scores` for TensorBoard's HParams tab, in this run's
+        own event file, plus the scores as scalars (the tab reads a metric's value from them).
+
+        Not `SummaryWriter.add_hparams`: that writes into a new timestamped folder below the log
+        dir, a stray extra run per call (pytorch/pytorch#32651).
+        """
+        if self._tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self._tb._get_file_writer()
+        for summary in hparams(_hparam_values(params), scores):
+            writer.add_summary(summary)
+        self.scalars(step, scores)
+
     def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
         """tqdm on rank 0 (sparse updates when stderr is a log file), the bare iterable else."""
         if not self.enabled:
@@ -90,3 +108,17 @@ class RunFiles:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _hparam_values(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Settings as HParams values: nested keys dotted (`augment.preset`), numbers and strings
+    as they are, anything else (None, booleans, lists) as its JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_hparam_values(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            out[prefix + key] = value
+        else:
+            out[prefix + key] = json.dumps(value)
+    return out

@@ -303,9 +303,19 @@ def _fit(run: _Run) -> None:
                 _stop_mid_epoch(run, epoch, stop)
             run.progress = EpochProgress()
             _end_epoch(run, epoch, row)
+        files.hparams(run.cfg.as_dict(), _final_scores(run), step=run.cfg.epochs)
     finally:
         stop.uninstall()
         files.close()
+
+
+def _final_scores(run: _Run) -> dict[str, float]:
+    """The saved weights' validation scores (`best/val_*`) and epoch, for TensorBoard's HParams."""
+    best = _best(run)
+    scores = _scores(best["metrics"], best.get("weights", "model"))
+    return {f"best/{key}": float(value) for key, value in scores.items()} | {
+        "best/epoch": float(best["epoch"])
+    }
 
 
 def _checkpoint(run: _Run, epoch: int, progress: EpochProgress | None = None) -> None:
