@@ -374,9 +374,7 @@ def run_config(a: argparse.Namespace) -> None:
     from cvpipe.settings import SCHEMA
 
     config = with_defaults(load_configs(a.configfile or ["config/config.yaml"]), SCHEMA)
-    if a.experiment not in config.get("experiments", {}):
-        known = ", ".join(config.get("experiments", {}))
-        raise CvpipeError(f"no experiment {a.experiment!r} in the config (experiments: {known})")
+    # experiment_config names an unknown run itself, listing named experiments and sweep runs
     print(json.dumps(experiment_config(config, a.experiment), sort_keys=True))
 
 
