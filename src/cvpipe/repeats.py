@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cvpipe.config import NAME_ALIASES
 from cvpipe.errors import CvpipeError
 
 # scipy.stats.t.ppf(0.975, df) for df = 1..30, to 6 decimals (scipy 1.x; tests/test_repeats.py
@@ -36,8 +37,7 @@ Z975 = 1.959963984540054  # the standard normal's 0.975 quantile
 
 VALIDATION_MONITORS = ("val_acc", "val_macro_f1", "val_loss")
 LOWER_IS_BETTER = frozenset({"val_loss"})
-# Short names of settings in a group's label (as in sweep run names); others: the key's last part.
-ALIASES = {"lr": "lr", "batch_size": "bs", "image_size": "px", "weight_decay": "wd", "epochs": "ep"}
+# A group's label names settings by the sweep run names' short names (config.NAME_ALIASES).
 
 
 def t_quantile_975(df: int) -> float:
@@ -177,7 +177,7 @@ def _label(settings: dict[str, Any], varying: list[str]) -> str:
     parts = [
         _format(settings.get(k))
         if k == "model"
-        else f"{ALIASES.get(k, k.split('.')[-1])}={_format(settings.get(k))}"
+        else f"{NAME_ALIASES.get(k, k.split('.')[-1])}={_format(settings.get(k))}"
         for k in varying
     ]
     return " ".join(parts)
