@@ -1,6 +1,7 @@
 """The workflow on a real SLURM cluster (one node on this machine) through
 `snakemake --profile profiles/slurm`: every non-local rule a SLURM job, the same results as a
-local run, a 2-GPU experiment as one job with one task, and preemption by SIGUSR1.
+local run, a 2-GPU experiment as one job with one task, preemption by SIGUSR1, and a sweep
+packed into few SLURM jobs by profiles/slurm-sweep.
 
 Only the profile's SITE values are changed for the test cluster (partition, no account, GPU
 type), plus settings that make a small cluster fast (latency, first status check, memory and
@@ -176,6 +177,67 @@ def test_sigusr1_checkpoints_and_the_retry_ends_like_an_uninterrupted_run(
     log = (work / "results/logs/train/resnet18.log").read_text()
     assert "resuming from results/resnet18/train/checkpoints/last.pt" in log
     assert (work / target).read_bytes() == (local / target).read_bytes()
+
+
+def test_a_sweep_packs_into_few_slurm_jobs_with_the_metrics_of_an_unpacked_run(
+    cluster, profile, tmp_path
+):
+    """profiles/slurm-sweep: 8 tiny runs (2 learning rates x 4 seeds) on the user's own photo
+    folder; trainings and evaluations 4 runs per SLURM job, Grad-CAM 4 per job."""
+    from cvpipe.synth import make_dataset
+
+    make_dataset(tmp_path / "photos", images_per_class=16, size=40, seed=0)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"data:\n  root: {tmp_path / 'photos'}\nexperiments: null\n"
+        "sweep:\n  grid:\n    lr: [0.01, 0.02]\n  seeds: [0, 1, 2, 3]\n"
+    )
+    runs = [f"resnet18-lr{lr}-s{seed}" for lr in ("0.01", "0.02") for seed in range(4)]
+    local = tmp_path / "local"
+    cmd = [*snakemake_command(local, *THREADS), "--configfile", *map(str, CONFIGS), str(sweep)]
+    subprocess.run(cmd, check=True, capture_output=True, env=tool_env())
+
+    before = {j["JobId"] for j in cluster.jobs()}
+    packing = ("--profile", str(REPO / "profiles" / "slurm-sweep"))
+    proc = subprocess.run(
+        slurm_snakemake(tmp_path / "slurm", profile, *packing, overlays=[sweep]),
+        capture_output=True, text=True, env=tool_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
+    assert all(j["JobState"] == "COMPLETED" for j in jobs), jobs
+    per_rule: dict[str, int] = {}
+    for job in jobs:
+        per_rule[rule_of(job)] = per_rule.get(rule_of(job), 0) + 1
+    # 24 jobs of 8 runs in 4 SLURM jobs (the plugin comments a group job rule_<group>_<rules>).
+    assert per_rule == {
+        "index": 1, "preprocess": 1, "run_evaluate_train": 2, "figures_gradcam": 2,
+    }  # fmt: skip
+    for run in runs:
+        path = f"results/{run}/eval/metrics.json"
+        assert (tmp_path / "slurm" / path).read_bytes() == (local / path).read_bytes(), run
+    # The runs of a packed job run one after another: it asks for one run's memory and the sum
+    # of the 4 runs' runtimes (training 720 + evaluation 60 minutes each).
+    packed = [
+        line
+        for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+        if "sbatch call:" in line and "rule_run_evaluate_train" in line
+    ]
+    assert len(packed) == 2
+    assert all("--mem 750 " in line and "-t 3120 " in line for line in packed), packed
+
+
+def test_packing_waits_for_the_built_in_data_set(profile, tmp_path):
+    """Grouping while the built-in set's checkpoint is still to run would submit jobs twice
+    (snakemake#1628): the workflow stops first and says what to run."""
+    packing = ("--profile", str(REPO / "profiles" / "slurm-sweep"))
+    proc = subprocess.run(
+        slurm_snakemake(tmp_path, profile, *packing, "--dry-run"),
+        capture_output=True, text=True, env=tool_env(),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "snakemake --profile profiles/slurm data/surface-defects" in proc.stdout + proc.stderr
 
 
 def test_multinode_example_runs_on_one_node_and_plans_two(cluster, tmp_path):

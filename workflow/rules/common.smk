@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 
@@ -68,6 +69,8 @@ stop_if(split_errors(config) + model_errors({**config, "experiments": RUNS, "swe
 
 # The built-in data set (BUILTIN_DATA) is drawn by the synth rule only while data.root points there.
 USE_BUILTIN = uses_builtin_data(config)
+# The train resource `cache_scratch` (quoted for the job's shell; "" = off), see train.smk.
+CACHE_SCRATCH = shlex.quote(config.get("cache_scratch") or "")
 if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
     raise WorkflowError(
         f"data.root {config['data']['root']!r} is not a folder (relative paths start at "
@@ -103,6 +106,16 @@ wildcard_constraints:
 def data_root(wildcards=None):
     """The raw data folder; for the built-in set, only once the synth checkpoint has run."""
     if USE_BUILTIN:
+        # Snakemake regroups jobs when a checkpoint finishes and then submits some twice
+        # (snakemake#1628, snakemake-executor-plugin-slurm#253). Grouping is only known once
+        # the DAG is built (here), not while the Snakefile is read.
+        if workflow.group_settings.overwrite_groups and not os.path.isdir(BUILTIN_DATA):
+            raise WorkflowError(
+                "Job grouping (--groups, profiles/slurm-sweep) needs the built-in data set drawn "
+                "first: it is made by a checkpoint, and Snakemake submits grouped jobs twice when "
+                "a checkpoint finishes (snakemake#1628). Draw it without grouping, then rerun "
+                f"this command: snakemake --profile profiles/slurm {BUILTIN_DATA}"
+            )
         return checkpoints.synth.get().output[0]
     return config["data"]["root"]
 

@@ -21,6 +21,9 @@ rule evaluate:
     resources:
         gpu=evaluate_gpus,
         gpu_model=evaluate_gpu_model,
+        # Unused here; the same value as training's, so the two can share a SLURM job
+        # (profiles/slurm-sweep: a group's string resources must agree).
+        cache_scratch=CACHE_SCRATCH,
     threads: 4
     conda:
         ENV

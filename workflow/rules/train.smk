@@ -4,8 +4,6 @@
 # `gpu` is the experiment's `gpus`: `--resources gpu=N` caps GPUs in use, and `cvpipe gpus`
 # (in params.launch) gives each job distinct GPU ids. gpus > 1 or ddp_processes > 1 runs DDP
 # under torchrun. `mem_mb` is train_mem_mb_per_gpu times the GPUs.
-import shlex
-
 # `cache_scratch` (cvpipe.staging; "" = off) is a resource, not a param: where the cache is
 # read from must not rerun training. Quoted, so the job expands $SLURM_TMPDIR on its node.
 
@@ -30,7 +28,7 @@ rule train:
         gpu=train_gpus,
         gpu_model=train_gpu_model,
         mem_mb=train_mem_mb,
-        cache_scratch=shlex.quote(config.get("cache_scratch") or ""),
+        cache_scratch=CACHE_SCRATCH,
     threads: 4
     conda:
         ENV
