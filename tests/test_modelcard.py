@@ -97,7 +97,7 @@ def test_card_written_again_is_the_same_bytes(tiny_run, tmp_path, monkeypatch):
 
 def test_report_shows_each_card(tiny_run_copy, tmp_path):
     """`snakemake --report` embeds every card as HTML (which the report displays; Markdown it
-    would only offer for download), in the experiment's category, labelled `model card`."""
+    would only offer for download), among the runs' model cards, labelled with its run."""
     report = tmp_path / "report.html"
     snakemake(tiny_run_copy, "--report", str(report))
     text = report.read_text()
@@ -105,7 +105,7 @@ def test_report_shows_each_card(tiny_run_copy, tmp_path):
         entry = f'"results/{experiment}/MODEL_CARD.html": {{'
         assert entry in text
         props = text.split(entry, 1)[1][:3000]
-        assert '"labels": {"figure": "model card"}' in props
+        assert f'"labels": {{"run": "{experiment}", "figure": "model card"}}' in props
         assert '"mime_type": "text/html"' in props
         assert f'"rule": "model_card", "wildcards": "experiment={experiment}"' in props
 

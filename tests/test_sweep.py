@@ -17,6 +17,7 @@ from helpers import CONFIGS, EXPERIMENTS, REPO, snakemake
 
 from cvpipe.config import (
     NAME_CAP,
+    coerce_strings,
     config_errors,
     expand_sweep,
     experiment_config,
@@ -26,6 +27,7 @@ from cvpipe.config import (
     with_defaults,
 )
 from cvpipe.errors import CvpipeError
+from cvpipe.modelnames import model_errors
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 EXAMPLE = REPO / "config" / "sweep-example.yaml"
@@ -206,6 +208,36 @@ def test_two_runs_with_one_name_are_an_error_naming_both():
         expand_sweep(tiny_config({"grid": {"lr": [1, 1.0]}, "seeds": [0]}))
 
 
+def test_an_unknown_swept_model_is_named_where_it_is_written():
+    """Not per expanded run (experiments.resnet_18-s0.model): the grid's item, with close names."""
+    grid = tiny_config({"grid": {"model": ["resnet18", "resnet_18"]}, "seeds": [0, 1]})
+    assert model_errors(grid) == [
+        "sweep.grid.model[1]: 'resnet_18' (2 runs of the sweep) is not a torchvision "
+        "classification model (did you mean 'resnet18', 'resnet152', 'resnet101'?): use a name "
+        "from torchvision.models.list_models()."
+    ]
+    base = tiny_config({"base": {"model": "resnet_18"}, "grid": {"lr": [0.1, 0.01]}, "seeds": [0]})
+    assert [line.split(" is not")[0] for line in model_errors(base)] == [
+        "sweep.base.model: 'resnet_18' (2 runs of the sweep)"
+    ]
+    assert model_errors(tiny_config({"grid": {"model": ["vit_b_16"]}, "seeds": [0]})) == []
+
+
+def test_sweep_lists_from_the_command_line_are_numbers_where_the_schema_says():
+    """`--config` reads `[0.1, 0.01]` as strings (snakemake.cli.parse_config: YAML BaseLoader)."""
+    config = {"sweep": {"grid": {"lr": ["0.1", "1e-3"], "augment.preset": ["natural"]}}}
+    config["sweep"]["seeds"] = ["0", "1"]
+    sweep = coerce_strings(config, SCHEMA)["sweep"]
+    assert sweep == {
+        "grid": {"lr": [0.1, 0.001], "augment.preset": ["natural"]},
+        "seeds": [0, 1],
+    }
+    wrong = coerce_strings({"sweep": {"grid": {"lr": ["fast"]}, "seeds": ["0"]}}, SCHEMA)
+    assert config_errors({**load_configs(CONFIGS), **wrong}, SCHEMA) == [
+        "sweep.grid.lr[0]: 'fast' is not of type 'number'"  # named, as from a config file
+    ]
+
+
 # --- the workflow ---------------------------------------------------------------------------
 
 
@@ -266,3 +298,20 @@ def test_a_misspelt_swept_key_stops_the_workflow_naming_it(tmp_path):
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "experiments.resnet18-lr0.01-s0 is also the name of a sweep run" in output
+
+
+@pytest.mark.slow
+def test_a_sweep_given_with_config_plans_runs_named_by_numbers(tmp_path):
+    """`snakemake -n --config 'sweep={...}'` as the README shows it: numbers, not strings."""
+    sweep = "sweep={grid: {lr: [0.1, 0.01]}, seeds: [0, 1]}"
+    out = snakemake(tmp_path, "--dry-run", "--config", sweep, "experiments=").stdout
+    trained = re.findall(r"output: results/([^/\s]+)/train/model\.pt", out)
+    assert sorted(trained) == [
+        f"resnet18-lr{lr}-s{seed}" for lr in ("0.01", "0.1") for seed in (0, 1)
+    ]
+    typo = "sweep={grid: {model: [resnet18, resnet_18]}, seeds: [0]}"
+    proc = snakemake(tmp_path, "--dry-run", "--config", typo, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "sweep.grid.model[1]: 'resnet_18' (1 run of the sweep) is not a torchvision" in output
+    assert "did you mean 'resnet18'" in output and "experiments.resnet_18" not in output

@@ -7,6 +7,7 @@ the same result, and bad data or a bad config stops the run with a message namin
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
@@ -14,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,56 @@ def test_report_holds_every_figure_and_the_comparison(tiny_run_copy):
     assert ran["code: evaluate"] == stagecode.short(stagecode.stage_hashes(["evaluate"]))
     for key, value in ran.items():
         assert json.dumps(key)[1:-1] in html and json.dumps(value)[1:-1] in html, key
+    assert_report_layout(tiny_run_copy, html)
+
+
+# The report's sidebar: the comparison, then the runs' figures by kind (a table of runs each), so
+# that 100 runs make 100 rows, not 100 categories.
+RUN_FIGURES = {
+    "Model cards": "MODEL_CARD.html",
+    "Training curves": "plots/curves.png",
+    "Confusion matrices": "plots/confusion.png",
+    "Sample predictions": "plots/samples.png",
+    "Per-class scores": "plots/per_class.png",
+    "Reliability diagrams": "plots/reliability.png",
+    "Grad-CAM": "plots/gradcam.png",
+}
+
+
+def report_contents(html: str) -> tuple[dict, dict]:
+    """The report's embedded `categories` (category -> subcategory -> paths) and `results`."""
+
+    def variable(name: str) -> dict:
+        script = html.split(f'<script id="{name}">', 1)[1]
+        return json.loads(script.split(f"var {name} = ", 1)[1].split(";\n", 1)[0])
+
+    return variable("categories"), variable("results")
+
+
+def assert_report_layout(workdir: Path, report: str) -> None:
+    """What a reader of a 100-run report relies on: two categories, whatever the runs."""
+    categories, results = report_contents(report)
+    assert sorted(categories) == ["Comparison", "Runs"]  # the sidebar, whatever the runs
+    # Comparison: one table, its rows in label order: the table, the chart, the two files.
+    comparison = categories["Comparison"]["Other"]
+    rows = sorted(comparison, key=lambda path: results[path]["labels"]["figure"])
+    assert [Path(path).name for path in rows] == [
+        "comparison.html",
+        "comparison.png",
+        "groups.csv",
+        "best.json",
+    ]
+    best = json.loads((workdir / "results" / "comparison" / "best.json").read_text())
+    page = base64.b64decode(results[rows[0]]["data_uri"].split("base64,", 1)[1]).decode()
+    assert "Configurations over seeds" in page
+    assert f"Chosen on validation: <b>{escape(best['configuration'])}</b>" in page
+    # Runs: one subcategory per kind of figure, each with every run's figure, labelled by run.
+    assert categories["Runs"].keys() == RUN_FIGURES.keys()
+    for kind, file in RUN_FIGURES.items():
+        paths = categories["Runs"][kind]
+        assert sorted(paths) == sorted(f"results/{exp}/{file}" for exp in EXPERIMENTS), kind
+        for path in paths:
+            assert results[path]["labels"]["run"] == path.split("/")[1]
 
 
 def test_second_run_has_nothing_to_do(tiny_run):

@@ -111,6 +111,9 @@ def _coerce(value: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> Any
             kind = sub.get("type", [])
             types.update([kind] if isinstance(kind, str) else kind)
         return value if "string" in types else _parse_scalar(value, types)
+    if isinstance(value, list):  # sweep.seeds: [0, 1] arrives as ["0", "1"]
+        items = [s["items"] for s in schemas if isinstance(s.get("items"), Mapping)]
+        return [_coerce(item, {"allOf": items}, root) for item in value] if items else value
     if not isinstance(value, dict):
         return value
     coerced = {}
@@ -127,11 +130,21 @@ def coerce_strings(config: dict[str, Any], schema_path: str | Path) -> dict[str,
     """A copy of `config` with each string where the schema wants a number or a boolean parsed.
 
     `snakemake --config 'train={"epochs": 5}'` reads nested values as YAML's base strings
-    (snakemake.cli.parse_config: BaseLoader), so `epochs` arrives as "5". A string that is no
-    such value stays as it is, for `config_errors` to name.
+    (snakemake.cli.parse_config: BaseLoader), so `epochs` arrives as "5", and so do list items
+    (`sweep={grid: {lr: [0.1, 0.01]}, seeds: [0, 1]}`: a grid key's values as the train key it
+    names). A string that is no such value stays as it is, for `config_errors` to name.
     """
     schema = load_schema(schema_path)
-    return _coerce(config, schema, schema)
+    coerced = _coerce(config, schema, schema)
+    sweep = coerced.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("grid"), dict):
+        # A grid key's values take the schema of the train key it names (sweep_errors).
+        keys = _train_keys(schema)
+        sweep["grid"] = {
+            key: _coerce(values, {"items": keys[key]}, schema) if key in keys else values
+            for key, values in sweep["grid"].items()
+        }
+    return coerced
 
 
 def load_schema(schema_path: str | Path) -> dict[str, Any]:

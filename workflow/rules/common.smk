@@ -64,8 +64,8 @@ try:
 except CvpipeError as error:
     stop_if([str(error)])
 # What the schema cannot say, on the config with its defaults filled: caught here, not in a job.
-# model_errors sees the sweep's runs as experiments.
-stop_if(split_errors(config) + model_errors({**config, "experiments": RUNS, "sweep": None}))
+# model_errors names a sweep's model where it is written (sweep.grid.model[i]), not per run.
+stop_if(split_errors(config) + model_errors(config))
 
 # The built-in data set (BUILTIN_DATA) is drawn by the synth rule only while data.root points there.
 USE_BUILTIN = uses_builtin_data(config)

@@ -14,21 +14,32 @@ rule compare:
     output:
         csv="results/comparison/comparison.csv",
         md="results/comparison/comparison.md",
+        # The report's first category; its rows sort by label, hence the numbers.
         html=report(
             "results/comparison/comparison.html",
             caption="../report/comparison.rst",
             category="Comparison",
-            labels={"figure": "table and provenance"},
+            labels={"figure": "1. configurations and runs (table, provenance)"},
         ),
         png=report(
             "results/comparison/comparison.png",
             caption="../report/comparison_chart.rst",
             category="Comparison",
-            labels={"figure": "test scores over seeds"},
+            labels={"figure": "2. top configurations by validation (chart)"},
         ),
-        groups_csv="results/comparison/groups.csv",
+        groups_csv=report(
+            "results/comparison/groups.csv",
+            caption="../report/groups.rst",
+            category="Comparison",
+            labels={"figure": "3. configurations over seeds (groups.csv)"},
+        ),
         groups_md="results/comparison/groups.md",
-        best="results/comparison/best.json",
+        best=report(
+            "results/comparison/best.json",
+            caption="../report/best.rst",
+            category="Comparison",
+            labels={"figure": "4. the choice on validation (best.json)"},
+        ),
         metrics="results/comparison/metrics.json",
         history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
         # The report's landing page (given to the report with --report-metadata).

@@ -13,8 +13,9 @@ rule gradcam:
         report(
             "results/{experiment}/plots/gradcam.png",
             caption="../report/gradcam.rst",
-            category="{experiment}",
-            labels={"figure": "Grad-CAM"},
+            category="Runs",
+            subcategory="Grad-CAM",
+            labels={"run": "{experiment}", "figure": "Grad-CAM"},
         ),
     log:
         "results/logs/gradcam/{experiment}.log",

@@ -15,8 +15,9 @@ rule model_card:
         html=report(
             "results/{experiment}/MODEL_CARD.html",
             caption="../report/model_card.rst",
-            category="{experiment}",
-            labels={"figure": "model card"},
+            category="Runs",
+            subcategory="Model cards",
+            labels={"run": "{experiment}", "figure": "model card"},
         ),
     log:
         "results/logs/model_card/{experiment}.log",
