@@ -33,6 +33,7 @@ from cvpipe.config import (
     coerce_strings,
     config_errors,
     experiments,
+    run_names_pattern,
     run_settings,
     split_errors,
     uses_builtin_data,
@@ -95,8 +96,11 @@ if IN_CONTAINER:
     )
 
 
+# `experiment` matches the configured runs only (a target of another run has no rule). A sweep's
+# runs as the product of their names' parts: Snakemake copies the constraint into every file
+# pattern, and a list of 1,000 names cost seconds per parse (config.run_names_pattern).
 wildcard_constraints:
-    experiment="|".join(re.escape(e) for e in EXPERIMENTS),
+    experiment=run_names_pattern(config),
     size=r"\d+",
 
 
