@@ -125,7 +125,13 @@ def train_settings(experiment):
 def cache_dir(wildcards):
     """The cache an experiment trains from: its side is the experiment's resolved cache size
     (image_size, or larger for random resized crops: cvpipe.settings.cache_side)."""
-    settings = train_settings(wildcards.experiment)
+    return experiment_cache(wildcards.experiment)
+
+
+@functools.cache
+def experiment_cache(experiment):
+    """cache_dir's answer, once per experiment and parse (five jobs of each ask for it)."""
+    settings = train_settings(experiment)
     return CACHE.format(size=cache_side(settings, config["preprocess"]["resize"]))
 
 
