@@ -356,6 +356,43 @@ def expand_sweep(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def run_names_pattern(config: dict[str, Any]) -> str:
+    """A regular expression that matches exactly the names of `experiments(config)`.
+
+    The workflow's `experiment` wildcard constraint. Snakemake copies a constraint into every
+    file pattern with that wildcard and rescans it whenever it fills one in, so a plain
+    alternation of 1,000 sweep runs made `snakemake -n` several times slower (BENCHMARKS.md,
+    "Sweeps at scale"). The named experiments are listed one by one; the sweep's runs are the
+    product of their parts (model, each grid key's alias and values, seed), which grows with the
+    number of values, not of runs, and is used when it matches no other name (else the runs are
+    listed too: names shortened with a hash, NAME_CAP)."""
+    named = [re.escape(name) for name in config.get("experiments") or {}]
+    runs = expand_sweep(config)
+    product, size = _sweep_product(config)
+    exact = size == len(runs) and all(re.fullmatch(product, name) for name in runs)
+    swept = [product] if runs and exact else [re.escape(name) for name in runs]
+    return "|".join(named + swept)
+
+
+def _sweep_product(config: dict[str, Any]) -> tuple[str, int]:
+    """(pattern, most names it can match) of the sweep's run names as `run_name` spells them
+    when no name is shortened: model, `-<alias><value>` per other grid key, `-s<seed>`."""
+    sweep = config.get("sweep") or {}
+    grid = sweep.get("grid") or {}
+    aliases = {**NAME_ALIASES, **(sweep.get("name_keys") or {})}
+    model = run_settings(config, sweep.get("base") or {})["model"]
+    parts = [[format_value(value) for value in grid.get("model", [model])]]
+    parts += [
+        [f"-{aliases.get(key, key.rsplit('.', 1)[-1])}{format_value(value)}" for value in values]
+        for key, values in grid.items()
+        if key != "model"
+    ]
+    parts.append([f"-s{seed}" for seed in sweep.get("seeds") or []])
+    texts = [list(dict.fromkeys(part)) for part in parts]
+    pattern = "".join("(?:" + "|".join(map(re.escape, part)) + ")" for part in texts)
+    return pattern, math.prod(len(part) for part in texts)
+
+
 def _same_name(name: str, first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
     def text(chosen: Mapping[str, Any]) -> str:
         return ", ".join(f"{key}={value!r}" for key, value in chosen.items())

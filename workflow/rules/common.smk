@@ -34,6 +34,7 @@ from cvpipe.config import (
     coerce_strings,
     config_errors,
     experiments,
+    run_names_pattern,
     run_settings,
     split_errors,
     uses_builtin_data,
@@ -98,8 +99,11 @@ if IN_CONTAINER:
     )
 
 
+# `experiment` matches the configured runs only (a target of another run has no rule). A sweep's
+# runs as the product of their names' parts: Snakemake copies the constraint into every file
+# pattern, and a list of 1,000 names cost seconds per parse (config.run_names_pattern).
 wildcard_constraints:
-    experiment="|".join(re.escape(e) for e in EXPERIMENTS),
+    experiment=run_names_pattern(config),
     size=r"\d+",
 
 
@@ -134,7 +138,13 @@ def train_settings(experiment):
 def cache_dir(wildcards):
     """The cache an experiment trains from: its side is the experiment's resolved cache size
     (image_size, or larger for random resized crops: cvpipe.settings.cache_side)."""
-    settings = train_settings(wildcards.experiment)
+    return experiment_cache(wildcards.experiment)
+
+
+@functools.cache
+def experiment_cache(experiment):
+    """cache_dir's answer, once per experiment and parse (five jobs of each ask for it)."""
+    settings = train_settings(experiment)
     return CACHE.format(size=cache_side(settings, config["preprocess"]["resize"]))
 
 
