@@ -24,6 +24,7 @@ from cvpipe.config import (
     experiments,
     load_configs,
     run_name,
+    run_names_pattern,
     with_defaults,
 )
 from cvpipe.errors import CvpipeError
@@ -157,6 +158,28 @@ def test_long_names_are_capped_with_a_hash_before_the_seed():
     other = run_name("convnext_tiny", [*values[:2], ("lr", 0.002)], 0)
     assert other != names[0] and other[:-12] == names[0][:-12]
     assert len(run_name("resnet18", [("lr", 0.001)], 12345)) < NAME_CAP  # short ones stay
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        SWEEP,
+        {"grid": {"model": ["resnet18", "mobilenet_v3_small"], "lr": [0.1, 0.01]}, "seeds": [0]},
+        # names capped with a hash: the pattern lists them instead of a product
+        {"grid": {"weights": ["w" * 60 + ".pt"], "lr": [0.1, 0.2]}, "seeds": [0, 1]},
+    ],
+)
+def test_the_run_wildcard_matches_exactly_the_runs(sweep):
+    """The `experiment` wildcard's constraint (a short product pattern for a big sweep, so that
+    `snakemake -n` stays fast): every run and named experiment, and nothing one character off."""
+    config = tiny_config(sweep)
+    pattern = re.compile(run_names_pattern(config))
+    names = list(experiments(config))
+    assert len(names) == len(config["experiments"]) + len(expand_sweep(config))
+    for name in names:
+        assert pattern.fullmatch(name), name
+        for near in (name + "0", name[:-1], "x" + name, name.replace("-", "_", 1)):
+            assert near in names or not pattern.fullmatch(near), near
 
 
 # --- checks --------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ rule gradcam:
     output:
         report(
             "results/{experiment}/plots/gradcam.png",
-            caption="../report/gradcam.rst",
             category="Runs",
             subcategory="Grad-CAM",
             labels={"run": "{experiment}", "figure": "Grad-CAM"},

@@ -14,7 +14,6 @@ rule model_card:
         md="results/{experiment}/MODEL_CARD.md",
         html=report(
             "results/{experiment}/MODEL_CARD.html",
-            caption="../report/model_card.rst",
             category="Runs",
             subcategory="Model cards",
             labels={"run": "{experiment}", "figure": "model card"},

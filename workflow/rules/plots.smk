@@ -12,35 +12,30 @@ rule plots:
     output:
         curves=report(
             "results/{experiment}/plots/curves.png",
-            caption="../report/curves.rst",
             category="Runs",
             subcategory="Training curves",
             labels={"run": "{experiment}", "figure": "training curves"},
         ),
         confusion=report(
             "results/{experiment}/plots/confusion.png",
-            caption="../report/confusion.rst",
             category="Runs",
             subcategory="Confusion matrices",
             labels={"run": "{experiment}", "figure": "confusion matrix"},
         ),
         samples=report(
             "results/{experiment}/plots/samples.png",
-            caption="../report/samples.rst",
             category="Runs",
             subcategory="Sample predictions",
             labels={"run": "{experiment}", "figure": "sample predictions"},
         ),
         per_class=report(
             "results/{experiment}/plots/per_class.png",
-            caption="../report/per_class.rst",
             category="Runs",
             subcategory="Per-class scores",
             labels={"run": "{experiment}", "figure": "per-class scores"},
         ),
         reliability=report(
             "results/{experiment}/plots/reliability.png",
-            caption="../report/reliability.rst",
             category="Runs",
             subcategory="Reliability diagrams",
             labels={"run": "{experiment}", "figure": "reliability diagram"},
