@@ -49,3 +49,20 @@ def test_fingerprint_sees_renames_and_cache_is_only_a_speedup(tmp_path):
     assert tree_fingerprint(root, tmp_path / "c1.json") == tree_fingerprint(
         root, tmp_path / "c2.json"
     )
+
+
+def test_fingerprint_is_the_sha256_of_relative_paths_and_contents_from_any_spelling(
+    tmp_path, monkeypatch
+):
+    """Relative paths inside the data set, "/"-joined at any depth: the same digest whichever
+    way data.root is written (results stay valid when a user moves from data/ to ./data/)."""
+    import hashlib
+
+    make_tree(tmp_path / "data")
+    expected = hashlib.sha256()
+    for rel in ("a/1.png", "a/2.png", "b/x/3.png"):
+        content = hashlib.sha256(rel.encode()).hexdigest()  # make_tree writes the path
+        expected.update(f"{rel}\0{content}\n".encode())
+    monkeypatch.chdir(tmp_path)
+    for i, root in enumerate(["data", "./data/", str(tmp_path / "data"), "data/../data"]):
+        assert tree_fingerprint(root, tmp_path / f"c{i}.json") == expected.hexdigest(), root

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cvpipe import atomic
@@ -50,11 +50,19 @@ def _folder_id(path: str) -> tuple[int, int] | None:
 
 def iter_samples(root: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
     """Yield `(class_name, path)` for every sample file, in a stable (sorted) order."""
+    for class_name, path, _ in _samples(root):
+        yield class_name, Path(path)
+
+
+def _samples(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, str]]:
+    """`(class_name, path, path relative to root with "/")` of every sample, in sorted order:
+    strings, not Paths, because the fingerprint walks 70,000 files on every `snakemake` call."""
     for class_dir in class_dirs(root):
         # Folders above (and on the way down from) the class folder: a link to one is a loop.
         up = [class_dir, *class_dir.absolute().parents, *class_dir.resolve().parents]
-        above = {str(class_dir): {_folder_id(str(p)) for p in up}}
-        for dirpath, dirnames, filenames in os.walk(str(class_dir), followlinks=True):
+        top = str(class_dir)
+        above = {top: {_folder_id(str(p)) for p in up}}
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
             seen = above.pop(dirpath, set())
             loops: list[str] = []
             keep: list[str] = []
@@ -63,9 +71,11 @@ def iter_samples(root: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
                 (loops if folder is None or folder in seen else keep).append(d)
                 above[os.path.join(dirpath, d)] = seen | {folder}
             dirnames[:] = keep
+            # os.walk's folders are `top` joined with the names below it
+            rel_dir = (class_dir.name + dirpath[len(top) :]).replace(os.sep, "/")
             for name in sorted(filenames + loops):
                 if _visible(name):
-                    yield class_dir.name, Path(dirpath) / name
+                    yield class_dir.name, f"{dirpath}{os.sep}{name}", f"{rel_dir}/{name}"
 
 
 def folder_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -117,30 +127,31 @@ def tree_fingerprint(root: str | os.PathLike[str], cache_file: str | os.PathLike
     `cache_file` (JSON) remembers each file's hash with the stat fields it was computed from; a
     file whose size, mtime or inode changed is hashed again. The cache is rewritten atomically.
     """
-    return _fingerprint(Path(root), (path for _, path in iter_samples(root)), Path(cache_file))
+    return _fingerprint(((rel, path) for _, path, rel in _samples(root)), Path(cache_file))
 
 
 def files_fingerprint(root: str | os.PathLike[str], cache_file: str | os.PathLike[str]) -> str:
     """As `tree_fingerprint`, over every file of `folder_files(root)` (any depth, no classes)."""
-    return _fingerprint(Path(root), iter(folder_files(root)), Path(cache_file))
+    files = ((p.relative_to(root).as_posix(), str(p)) for p in folder_files(root))
+    return _fingerprint(files, Path(cache_file))
 
 
-def _fingerprint(root: Path, paths: Iterator[Path], cache_path: Path) -> str:
+def _fingerprint(files: Iterable[tuple[str, str]], cache_path: Path) -> str:
+    """The fingerprint of `(relative path, path)` pairs, in their order."""
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
     new_cache: dict[str, list] = {}
     digest = hashlib.sha256()
-    for path in paths:
-        rel = path.relative_to(root).as_posix()
-        try:  # one stat per file: this runs on every `snakemake` call (70,000 files: ~0.6 s)
+    for rel, path in files:
+        try:  # one stat per file: this runs on every `snakemake` call (70,000 files: ~0.4 s)
             st = os.stat(path)
         except OSError:
             st = None
         if st is None or stat.S_ISDIR(st.st_mode):
             # a bad file counts by its reason; the stage that reads it reports it
-            digest.update(f"{rel}\0{unreadable(path)}\n".encode())
+            digest.update(f"{rel}\0{unreadable(Path(path))}\n".encode())
             continue
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         entry = cache.get(rel)
