@@ -2,9 +2,11 @@
 
 Draws (or reuses, --data) a data set of --images stand-in files (dag_build.make_data: a dry run
 never decodes them) and two sweep configs over it: 1,000 runs (2 models x 5 lr x 5 weight_decay
-x 20 seeds) and 100 (the same grid, 2 seeds). It measures, against the issue's targets:
+x 20 seeds) and 100 (the same grid, 2 seeds); each run is trained, evaluated and plotted (3
+jobs), as a sweep's runs are by default. It measures, against the issue's targets:
 
-  plan    `snakemake -n` of each sweep in an empty folder, every job planned (1,000 runs: 10 s)
+  plan    `snakemake -n` of each sweep in an empty folder, every job planned (1,000 runs: 10 s);
+          also the 1,000 runs with `sweep.extras: [gradcam, model_card]` (5 jobs a run)
   no-op   `snakemake` on the finished 100-run sweep, which must plan nothing (5 s)
   report  `snakemake --report ... --report-metadata ...` as `make run` runs it, on the finished
           1,000-run sweep (120 s)
@@ -59,7 +61,8 @@ GRID = {
 TEMPLATE_RUN = "resnet18-s0"  # the one run of the template sweep (no grid, seed 0)
 STAND_IN_OVER = 1 << 20  # bytes: bigger outputs (model.pt) are copied as a short note
 TOUCH_BATCHES = 10  # parallel `snakemake --touch` processes (each waits 0.1 s per job)
-PER_RUN_RULES = ["train", "evaluate", "plots", "gradcam", "model_card"]
+PER_RUN_RULES = ["train", "evaluate", "plots"]  # a sweep run's jobs (without sweep.extras)
+EXTRAS = ["gradcam", "model_card"]  # the plan with every extra is measured too
 
 
 @dataclass
@@ -109,7 +112,7 @@ def measure(cmd: list[str], repeats: int) -> list[Timing]:
     return [timed(cmd) for _ in range(repeats)]
 
 
-def write_sweep(path: Path, data: Path | None, seeds: int) -> None:
+def write_sweep(path: Path, data: Path | None, seeds: int, extras: Sequence[str] = ()) -> None:
     """A sweep over GRID with `seeds` seeds (image and cache size 32 px, as the template's)."""
     grid = "".join(f"    {key}: [{', '.join(map(str, values))}]\n" for key, values in GRID.items())
     root = f"data:\n  root: {data}\n" if data else ""
@@ -117,6 +120,7 @@ def write_sweep(path: Path, data: Path | None, seeds: int) -> None:
         f"{root}experiments: null\nsweep:\n"
         "  base: {epochs: 2, image_size: 32, cache_size: 32}\n"
         f"  grid:\n{grid}  seeds: [{', '.join(map(str, range(seeds)))}]\n"
+        + (f"  extras: [{', '.join(extras)}]\n" if extras else "")
     )
 
 
@@ -178,9 +182,9 @@ def populate(template_dir: Path, work: Path, runs: list[str]) -> None:
 
 
 def run_targets(run: str) -> list[str]:
-    """The last files of a run's own jobs (plots, Grad-CAM, model card)."""
-    plots = ["curves", "confusion", "samples", "per_class", "reliability", "gradcam"]
-    return [f"results/{run}/plots/{plot}.png" for plot in plots] + [f"results/{run}/MODEL_CARD.md"]
+    """The last files of a run's own jobs (its plots)."""
+    plots = ["curves", "confusion", "samples", "per_class", "reliability"]
+    return [f"results/{run}/plots/{plot}.png" for plot in plots]
 
 
 def touch_all(work: Path, config: Path, runs: list[str]) -> None:
@@ -243,15 +247,15 @@ def report(work: Path, config: Path, runs: list[str], repeats: int, limit: float
         if timings[-1].timed_out:
             return timings
     html = (work / "results" / "report.html").read_text(errors="replace")
-    missing = [run for run in runs if f"{run}/plots/gradcam.png" not in html]
+    missing = [run for run in runs if f"{run}/plots/curves.png" not in html]
     if missing:
         raise SystemExit(f"the report lacks {len(missing)} runs' figures, e.g. {missing[0]}")
     return timings
 
 
 def floor(work: Path, runs: int, repeats: int) -> list[Timing]:
-    """`snakemake -n` of a bare Snakefile with as many jobs (a chain of 5 rules per run, one
-    file each, no input functions): what Snakemake itself costs per job."""
+    """`snakemake -n` of a bare Snakefile with as many jobs (a chain of a sweep run's rules,
+    one file each, no input functions): what Snakemake itself costs per job."""
     rules = "".join(
         f"rule {name}:\n    input: 'out/{{r}}/{before}.txt'\n    output: 'out/{{r}}/{name}.txt'\n"
         "    shell: 'touch {output}'\n"
@@ -261,7 +265,7 @@ def floor(work: Path, runs: int, repeats: int) -> list[Timing]:
     snakefile.parent.mkdir(parents=True, exist_ok=True)
     snakefile.write_text(
         f"R = [f'r{{i:04d}}' for i in range({runs})]\n"
-        "rule all:\n    input: expand('out/{r}/model_card.txt', r=R)\n"
+        f"rule all:\n    input: expand('out/{{r}}/{PER_RUN_RULES[-1]}.txt', r=R)\n"
         "rule start:\n    output: 'out/{r}/in.txt'\n    shell: 'touch {output}'\n" + rules
     )
     cmd = [str(BIN / "snakemake"), "-s", str(snakefile), "-d", str(snakefile.parent), "-n"]
@@ -346,13 +350,17 @@ def measure_all(work: Path, a: argparse.Namespace) -> None:
     configs = {runs: work / f"sweep{runs}.yaml" for runs in (1000, 100)}
     for runs, path in configs.items():
         write_sweep(path, data, seeds=runs // 50)
+    with_extras = work / "sweep1000-extras.yaml"
+    write_sweep(with_extras, data, seeds=20, extras=EXTRAS)
     rows = []
-    for runs, path in configs.items():
-        timings = measure(snakemake(work / f"plan{runs}", [path], "-n"), a.repeats)
+    plans = [("1000 runs", configs[1000], "plan"), ("100 runs", configs[100], ""),
+             (f"1000 runs with sweep.extras {EXTRAS}", with_extras, "")]  # fmt: skip
+    for name, path, target in plans:
+        timings = measure(snakemake(work / "plan1000", [path], "-n"), a.repeats)
         jobs = sum(planned_jobs(timings[0].stdout).values())
-        rows.append((f"`snakemake -n`, {runs} runs, nothing done", str(jobs), timings,
-                     "plan" if runs == 1000 else ""))  # fmt: skip
-    rows.append(("`snakemake -n`, bare Snakefile, 1000 x 5 jobs", "5001",
+        rows.append((f"`snakemake -n`, {name}, nothing done", str(jobs), timings, target))
+    per_run = len(PER_RUN_RULES)
+    rows.append((f"`snakemake -n`, bare Snakefile, 1000 x {per_run} jobs", str(1000 * per_run + 1),
                  floor(work, 1000, a.repeats), ""))  # fmt: skip
     template_dir = template(work)
     finished_state(work / "done100", configs[100], template_dir)

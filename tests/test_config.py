@@ -258,6 +258,7 @@ LITERALS = {
     "properties.synth.properties.format": settings.ImageFormat,
     "properties.preprocess.properties.resize": settings.Resize,
     "properties.predict.properties.on_bad_file": settings.OnBadImage,
+    "$defs.sweep.properties.extras.items": settings.SweepExtra,
 }
 
 
@@ -316,3 +317,20 @@ def test_every_option_a_rule_passes_is_required():
         if command == "predict":  # also typed by hand: its defaults are for people; the rule
             continue  # passes every option that a config key sets
         assert [o for o in sorted(passed) if not actions[o].required] == [], command
+
+
+def test_merged_settings_share_no_list_or_dict_with_the_configs_they_come_from():
+    """Every run's settings are merged from the same config: a shared list would let one run's
+    settings change another's."""
+    from cvpipe.config import deep_merge
+
+    base = {"train": {"lr": 0.1, "augment": {"ops": ["flip", "crop"]}}}
+    override = {"train": {"lr": 0.2, "extra": {"sizes": [32]}}}
+    merged = deep_merge(base, override)
+    assert merged == {
+        "train": {"lr": 0.2, "augment": {"ops": ["flip", "crop"]}, "extra": {"sizes": [32]}}
+    }
+    merged["train"]["augment"]["ops"].append("rotate")
+    merged["train"]["extra"]["sizes"].append(48)
+    assert base == {"train": {"lr": 0.1, "augment": {"ops": ["flip", "crop"]}}}
+    assert override == {"train": {"lr": 0.2, "extra": {"sizes": [32]}}}

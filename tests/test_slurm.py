@@ -183,14 +183,15 @@ def test_a_sweep_packs_into_few_slurm_jobs_with_the_metrics_of_an_unpacked_run(
     cluster, profile, tmp_path
 ):
     """profiles/slurm-sweep: 8 tiny runs (2 learning rates x 4 seeds) on the user's own photo
-    folder; trainings and evaluations 4 runs per SLURM job, Grad-CAM 4 per job."""
+    folder; trainings and evaluations 4 runs per SLURM job, Grad-CAM (asked for with
+    sweep.extras) 4 per job."""
     from cvpipe.synth import make_dataset
 
     make_dataset(tmp_path / "photos", images_per_class=16, size=40, seed=0)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
         f"data:\n  root: {tmp_path / 'photos'}\nexperiments: null\n"
-        "sweep:\n  grid:\n    lr: [0.01, 0.02]\n  seeds: [0, 1, 2, 3]\n"
+        "sweep:\n  grid:\n    lr: [0.01, 0.02]\n  seeds: [0, 1, 2, 3]\n  extras: [gradcam]\n"
     )
     runs = [f"resnet18-lr{lr}-s{seed}" for lr in ("0.01", "0.02") for seed in range(4)]
     local = tmp_path / "local"

@@ -25,6 +25,7 @@ from cvpipe.config import (
     load_configs,
     run_name,
     run_names_pattern,
+    runs_making,
     with_defaults,
 )
 from cvpipe.errors import CvpipeError
@@ -285,11 +286,30 @@ def plan(workdir: Path, configfile: Path) -> tuple[dict[str, int], list[str]]:
     return jobs, re.findall(r"output: results/([^/\s]+)/train/model\.pt", out)
 
 
+def test_sweep_runs_make_grad_cam_and_model_cards_only_where_extras_asks():
+    config = tiny_config(SWEEP)
+    runs = list(experiments(config))
+    assert runs_making(config, runs, "gradcam") == list(EXPERIMENTS)
+    asked = tiny_config({**SWEEP, "extras": ["model_card"]})
+    assert runs_making(asked, runs, "model_card") == [*EXPERIMENTS, *RUNS]
+    assert runs_making(asked, runs, "gradcam") == list(EXPERIMENTS)
+    assert errors({**SWEEP, "extras": ["gradcams"]}) == [
+        "sweep.extras[0]: 'gradcams' is not one of ['gradcam', 'model_card']"
+    ]
+
+
 @pytest.mark.slow
 def test_the_workflow_plans_the_sweep_beside_the_experiments(tmp_path):
+    """Every run is trained, evaluated and plotted; Grad-CAM and model cards are the named
+    experiments' (a big sweep's plan and report stay small) unless sweep.extras asks."""
     jobs, trained = plan(tmp_path, sweep_file(tmp_path, SWEEP))
-    assert jobs["train"] == 12 + len(EXPERIMENTS)
+    runs = 12 + len(EXPERIMENTS)
+    assert jobs["train"] == jobs["evaluate"] == jobs["plots"] == runs
     assert sorted(trained) == sorted([*EXPERIMENTS, *RUNS])
+    assert jobs["gradcam"] == jobs["model_card"] == len(EXPERIMENTS)
+    extras = sweep_file(tmp_path, {**SWEEP, "extras": ["gradcam", "model_card"]}, "extras.yaml")
+    jobs, _ = plan(tmp_path, extras)
+    assert jobs["gradcam"] == jobs["model_card"] == runs
 
 
 @pytest.mark.slow

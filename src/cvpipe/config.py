@@ -28,10 +28,13 @@ import jsonschema
 import yaml
 
 from cvpipe.errors import CvpipeError
+from cvpipe.settings import SweepExtra
 
 
 def _where(path: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+    """`sweep.extras[0]`: keys dotted, list positions in brackets."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return where.removeprefix(".") or "(top level)"
 
 
 def _hint(key: str, allowed: list[str]) -> str:
@@ -194,13 +197,25 @@ def split_errors(config: dict[str, Any]) -> list[str]:
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """A copy of `base` with `override` applied; nested dicts merge key by key."""
-    merged = copy.deepcopy(base)
+    merged = _copy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _copy(value)
     return merged
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of config data (YAML's dicts, lists and scalars) without copy.deepcopy's
+    bookkeeping: the Snakefile merges every run's settings at parse time (1,000 for a sweep)."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return copy.deepcopy(value)
 
 
 # The built-in data set's folder: the workflow draws it there (rule synth) while data.root is it.
@@ -354,6 +369,16 @@ def expand_sweep(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             runs[name] = {**overrides, "seed": seed}
             chosen_by_name[name] = chosen
     return runs
+
+
+def runs_making(config: Mapping[str, Any], runs: Iterable[str], extra: SweepExtra) -> list[str]:
+    """The runs of `runs` whose `extra` (a per-run output: gradcam, model_card) the workflow
+    makes by default: every named experiment's, and the sweep's where `sweep.extras` lists it.
+    A 1,000-run sweep then plans 3 jobs a run instead of 5, and its report holds no 2,000 heat
+    maps and cards that nobody asked for; `snakemake results/<run>/MODEL_CARD.md` makes any."""
+    named = config.get("experiments") or {}
+    extras = (config.get("sweep") or {}).get("extras") or []
+    return [run for run in runs if run in named or extra in extras]
 
 
 def run_names_pattern(config: dict[str, Any]) -> str:

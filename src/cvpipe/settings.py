@@ -35,6 +35,8 @@ OnConflictingLabels = Literal["fail", "drop"]
 ImageFormat = Literal["png", "jpg"]
 Resize = Literal["crop", "letterbox"]
 Preset = Literal["natural", "surface"]
+# What a sweep's runs make beyond training, evaluation and plots (sweep.extras).
+SweepExtra = Literal["gradcam", "model_card"]
 
 AMP_MODES: tuple[str, ...] = typing.get_args(Amp)
 MONITORS: tuple[str, ...] = typing.get_args(Monitor)

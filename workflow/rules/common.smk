@@ -1,5 +1,6 @@
 # Config validation and the small input functions the rules share. Logic lives in cvpipe.
 import functools
+import inspect
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from cvpipe.config import (
     experiments,
     run_names_pattern,
     run_settings,
+    runs_making,
     split_errors,
     uses_builtin_data,
 )
@@ -85,6 +87,10 @@ if not USE_BUILTIN and not os.path.isdir(config["data"]["root"]):
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 EXPERIMENTS = list(RUNS)
+# The runs whose Grad-CAM and model card `snakemake` makes: the named experiments', and the
+# sweep's only where sweep.extras asks (cvpipe.config.runs_making); any run's on request.
+GRADCAM_RUNS = runs_making(config, EXPERIMENTS, "gradcam")
+CARD_RUNS = runs_making(config, EXPERIMENTS, "model_card")
 SPLITS = ["train", "val", "test"]
 CACHE = "results/dataset/cache/{size}px"
 PLOTS = ["curves", "confusion", "samples", "per_class"]
@@ -107,6 +113,16 @@ wildcard_constraints:
     size=r"\d+",
 
 
+def per_run(func):
+    """Marks a function that Snakemake calls for every job of a run (an input, param or
+    resource function) and spares it the parameter lookup: Snakemake asks inspect.signature
+    which arguments a function takes three times per call, 60,000 times in the plan of a
+    1,000-run sweep; inspect.signature returns a function's __signature__ when it has one."""
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
+@per_run
 def data_root(wildcards=None):
     """The raw data folder; for the built-in set, only once the synth checkpoint has run."""
     if USE_BUILTIN:
@@ -135,6 +151,7 @@ def train_settings(experiment):
     return run_settings(config, RUNS[experiment])
 
 
+@per_run
 def cache_dir(wildcards):
     """The cache an experiment trains from: its side is the experiment's resolved cache size
     (image_size, or larger for random resized crops: cvpipe.settings.cache_side)."""
@@ -148,6 +165,7 @@ def experiment_cache(experiment):
     return CACHE.format(size=cache_side(settings, config["preprocess"]["resize"]))
 
 
+@per_run
 def cache_files(wildcards):
     """The preprocessed cache an experiment reads (chosen by its cache size)."""
     folder = cache_dir(wildcards)
@@ -156,46 +174,79 @@ def cache_files(wildcards):
     ]
 
 
+@per_run
+def cache_stats(wildcards):
+    """The stats.json of that cache (classes, sizes, mean and std)."""
+    return f"{cache_dir(wildcards)}/stats.json"
+
+
+@per_run
+def test_cache_files(wildcards):
+    """The test split of that cache: all that evaluation reads (the model holds the rest)."""
+    folder = cache_dir(wildcards)
+    return [f"{folder}/test_images.npy", f"{folder}/test_labels.npy"]
+
+
+@per_run
 def train_config_json(wildcards):
-    return json.dumps(train_settings(wildcards.experiment), sort_keys=True)
+    return settings_json(wildcards.experiment)
 
 
+@functools.cache
+def settings_json(experiment):
+    """train_settings as the JSON `cvpipe train --config` takes (once per experiment)."""
+    return json.dumps(train_settings(experiment), sort_keys=True)
+
+
+@per_run
+def image_size(wildcards):
+    return train_settings(wildcards.experiment)["image_size"]
+
+
+@per_run
 def train_launch(wildcards):
     """`cvpipe`, or torchrun and/or the GPU-id allocator in front of it (cvpipe.launch)."""
     settings = train_settings(wildcards.experiment)
     return train_launcher(settings["gpus"], settings["ddp_processes"])
 
 
+@per_run
 def train_gpus(wildcards):
     return train_settings(wildcards.experiment)["gpus"]
 
 
+@per_run
 def train_gpu_model(wildcards):
     """SLURM GPU type for GPU experiments only: a CPU job must not ask for `--gpus=<type>:0`."""
     return config.get("slurm_gpu_model", "") if train_gpus(wildcards) else ""
 
 
+@per_run
 def train_mem_mb(wildcards):
     """Memory grows with the GPUs (each DDP process holds its own loader and model copy); a CPU
     experiment asks for one GPU's worth."""
     return max(1, train_gpus(wildcards)) * config["train_mem_mb_per_gpu"]
 
 
+@per_run
 def evaluate_gpus(wildcards):
     """One GPU for a GPU experiment's evaluation (its `gpu` resource), none for a CPU one."""
     return min(train_gpus(wildcards), 1)
 
 
+@per_run
 def evaluate_launch(wildcards):
     """`cvpipe evaluate --device cpu`, or `--device cuda` behind the GPU-id allocator."""
     return evaluate_launcher(evaluate_gpus(wildcards))
 
 
+@per_run
 def predict_launch(wildcards):
     """`cvpipe predict --device cpu`, or `--device cuda` behind the GPU-id allocator."""
     return evaluate_launcher(evaluate_gpus(wildcards), "predict")
 
 
+@per_run
 def evaluate_gpu_model(wildcards):
     return config.get("slurm_gpu_model", "") if evaluate_gpus(wildcards) else ""
 
@@ -207,15 +258,18 @@ def stage_code(*commands):
     return stagecode.summary(stagecode.stage_hashes(commands, PACKAGE, CODE_CACHE))
 
 
+@per_run
 def train_code(wildcards):
     """A GPU experiment's job also runs `cvpipe gpus` before `cvpipe train`."""
     return stage_code(*(["gpus"] if train_gpus(wildcards) else []), "train")
 
 
+@per_run
 def evaluate_code(wildcards):
     return stage_code(*(["gpus"] if evaluate_gpus(wildcards) else []), "evaluate")
 
 
+@per_run
 def predict_code(wildcards):
     return stage_code(*(["gpus"] if evaluate_gpus(wildcards) else []), "predict")
 
@@ -235,7 +289,9 @@ def report_stage_code(stages):
 
 
 def final_outputs():
+    """The comparison, and every run's figures: one file per plots job asks for the job, which
+    writes all five (a 1,000-run sweep's plan looks up 1,000 files here, not 5,000)."""
     return [
         "results/comparison/comparison.html",
-        *expand("results/{experiment}/plots/{plot}.png", experiment=EXPERIMENTS, plot=PLOTS),
+        *expand("results/{experiment}/plots/curves.png", experiment=EXPERIMENTS),
     ]

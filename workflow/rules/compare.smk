@@ -41,14 +41,15 @@ rule compare:
             labels={"figure": "4. the choice on validation (best.json)"},
         ),
         metrics="results/comparison/metrics.json",
-        history=expand("results/comparison/history/{experiment}.csv", experiment=EXPERIMENTS),
+        # One CSV per run, <run>.csv; a folder output, so a run taken out of the config
+        # leaves no stale curve behind for `dvc plots` (dvc.yaml declares the folder).
+        history=directory("results/comparison/history"),
         # The report's landing page (given to the report with --report-metadata).
         report_metadata="results/comparison/report-metadata.json",
     log:
         "results/logs/compare.log",
     params:
         experiments=EXPERIMENTS,
-        history_dir=lambda wildcards, output: os.path.dirname(output.history[0]),
         dpi=config["plots"]["dpi"],
         stage_code=report_stage_code(REPORTED_STAGES),
         container=config["container"],
@@ -61,7 +62,7 @@ rule compare:
         "python -m cvpipe compare --experiment {params.experiments} --metrics {input.metrics}"
         " --timing {input.timing} --provenance {input.provenance} --history {input.history}"
         " --csv {output.csv} --md {output.md} --html {output.html} --png {output.png}"
-        " --metrics-out {output.metrics} --history-dir {params.history_dir}"
+        " --metrics-out {output.metrics} --history-dir {output.history}"
         " --report-metadata {output.report_metadata} --groups-csv {output.groups_csv}"
         " --groups-md {output.groups_md} --best {output.best} --dpi {params.dpi}"
         " --container {params.container:q} {params.stage_code} > {log} 2>&1"

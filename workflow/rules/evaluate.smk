@@ -6,7 +6,7 @@
 rule evaluate:
     input:
         model=rules.train.output.model,
-        cache=cache_files,
+        cache=test_cache_files,
         manifest=rules.index.output.manifest,
     output:
         metrics="results/{experiment}/eval/metrics.json",

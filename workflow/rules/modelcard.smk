@@ -6,7 +6,7 @@
 rule model_card:
     input:
         manifest=rules.index.output.manifest,
-        stats=lambda wildcards: f"{cache_dir(wildcards)}/stats.json",
+        stats=cache_stats,
         provenance=rules.train.output.provenance,
         metrics=rules.evaluate.output.metrics,
         history=rules.train.output.history,

@@ -43,7 +43,7 @@ rule plots:
     log:
         "results/logs/plots/{experiment}.log",
     params:
-        image_size=lambda wildcards: train_settings(wildcards.experiment)["image_size"],
+        image_size=image_size,
         resize=config["preprocess"]["resize"],
         dpi=config["plots"]["dpi"],
         samples=config["plots"]["samples"],

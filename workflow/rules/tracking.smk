@@ -13,8 +13,8 @@ rule mlflow_export:
         history=expand(rules.train.output.history, experiment=EXPERIMENTS),
         # The artifacts it logs: exported once they exist.
         plots=expand("results/{experiment}/plots/{plot}.png", experiment=EXPERIMENTS, plot=PLOTS),
-        gradcam=expand(rules.gradcam.output, experiment=EXPERIMENTS),
-        model_card=expand(rules.model_card.output.md, experiment=EXPERIMENTS),
+        gradcam=expand(rules.gradcam.output, experiment=GRADCAM_RUNS),
+        model_card=expand(rules.model_card.output.md, experiment=CARD_RUNS),
     output:
         summary="results/tracking/mlflow-export.json",
     log:
